@@ -1,0 +1,559 @@
+"""Segments: reading the segment file and finding each segment's markers in an exam.
+
+A reconstruction result lists the patient's markers without labels, in the cage
+frame of that examination; the patient is repositioned between examinations
+(tens of millimetres, tens of degrees). Each segment is a rigid body, so its
+markers keep their mutual distances: they are found by that distance pattern,
+independently of where the patient lies.
+
+Pattern matching (:func:`match_pattern`) is a hypothesise-and-verify search in
+the spirit of RANSAC (Fischler & Bolles 1981) and geometric hashing: a triplet
+of model markers and every scene triplet with the same three distances (within
+a tolerance) give a rigid motion; the motion that brings the most model markers
+onto scene markers wins; the final correspondence is the optimal assignment
+(Hungarian method, ``scipy.optimize.linear_sum_assignment``) of the fitted
+model onto the scene, gated by a radius, refined by refitting. Missing markers
+(hidden behind the implant) and extra ones (the other segment, stray beads) do
+not disturb it as long as three markers of the segment are seen.
+
+A loose bead (one that moved within its segment between examinations) is found
+from the change of its distances to the other markers of the segment
+(:func:`consistent_core`): the largest set of markers whose pairwise distances
+agree between the two examinations to within ``loose_mm`` is kept; the others
+are reported as loose and excluded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from reconstruction.errors import InputError
+from reconstruction.rigid import RigidMotion, fit_rigid, fit_rigid_batch
+
+#: Accuracy of the segment file's positions (CONTRACT.md: "to within 0.5 mm").
+TEMPLATE_MM = 0.5
+
+
+@dataclass(frozen=True)
+class MatchTolerances:
+    """Tolerances of labelling and loose-bead detection (mm).
+
+    Attributes
+    ----------
+    template_mm : float
+        Accuracy of the segment file's positions (CONTRACT.md: 0.5 mm).
+    measured_mm : float
+        Largest error of a reconstructed marker position expected between two
+        exams (noise of a good exam is 10-30 µm; this leaves a wide margin).
+    loose_mm : float
+        A marker whose distance to another marker of its segment changed by
+        more than this between the two exams is inconsistent with it. 0.25 mm
+        is about six times the standard deviation of a distance change at
+        20 µm per coordinate of marker noise (sqrt(4) x 20 µm), and below the
+        ME limit of 0.35 mm, so a bead that moved this much is not noise.
+    loose_search_mm : float
+        How far from its expected place a marker is still looked for (and then
+        reported as loose); beyond this it counts as missing.
+    """
+
+    template_mm: float = TEMPLATE_MM
+    measured_mm: float = 0.15
+    loose_mm: float = 0.25
+    loose_search_mm: float = 2.0
+
+
+DEFAULT_TOLERANCES = MatchTolerances()
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _xyz(value: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: expected [x, y, z] numbers, got {value!r}") from None
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+        raise InputError(f"{what}: expected [x, y, z] finite numbers, got {value!r}")
+    return arr
+
+
+@dataclass(frozen=True)
+class SegmentDefinition:
+    """The segment file (CONTRACT.md, "Segment file").
+
+    Attributes
+    ----------
+    reference_segment, moving_segment : str
+        Names of the two segments (e.g. ``bone``, ``implant``).
+    positions : dict of str to ndarray, shape (k, 3)
+        Approximate marker positions of each segment, reference exam frame.
+    """
+
+    reference_segment: str
+    moving_segment: str
+    positions: dict[str, np.ndarray]
+
+    @staticmethod
+    def from_dict(d: Any) -> SegmentDefinition:
+        if not isinstance(d, dict):
+            raise InputError(f"expected a JSON object, got {type(d).__name__}")
+        for key in ("reference_segment", "moving_segment", "segments"):
+            if key not in d:
+                raise InputError(f"missing key {key!r}")
+        ref, mov, segs = d["reference_segment"], d["moving_segment"], d["segments"]
+        if not isinstance(ref, str) or not isinstance(mov, str):
+            raise InputError("reference_segment and moving_segment must be segment names")
+        if ref == mov:
+            raise InputError(f"reference_segment and moving_segment are both {ref!r}")
+        if not isinstance(segs, dict):
+            raise InputError(f"segments: expected an object of name -> positions, got {segs!r}")
+        for name in (ref, mov):
+            if name not in segs:
+                raise InputError(f"segments: no segment named {name!r}")
+        positions: dict[str, np.ndarray] = {}
+        for name, pts in segs.items():
+            if not isinstance(pts, list):
+                raise InputError(f"segments.{name}: expected a list of [x, y, z]")
+            arr = [_xyz(p, f"segments.{name}[{i}]") for i, p in enumerate(pts)]
+            positions[name] = np.array(arr, dtype=float).reshape(-1, 3)
+        return SegmentDefinition(ref, mov, positions)
+
+    def to_dict(self) -> dict:
+        return {
+            "reference_segment": self.reference_segment,
+            "moving_segment": self.moving_segment,
+            "segments": {k: v.tolist() for k, v in self.positions.items()},
+        }
+
+
+@dataclass(frozen=True)
+class ExamMarkers:
+    """The patient markers of one reconstruction result.
+
+    Attributes
+    ----------
+    ids : list of str
+    xyz : ndarray, shape (m, 3)
+    verdict : str or None
+        The exam's own QC verdict, when given.
+    """
+
+    ids: list[str]
+    xyz: np.ndarray
+    verdict: str | None = None
+
+    @staticmethod
+    def from_dict(d: Any) -> ExamMarkers:
+        if not isinstance(d, dict):
+            raise InputError(f"expected a JSON object, got {type(d).__name__}")
+        if "markers" not in d:
+            raise InputError("missing key 'markers' (not a reconstruction result)")
+        markers = d["markers"]
+        if not isinstance(markers, list):
+            raise InputError("markers: expected a list")
+        ids, xyz = [], []
+        for i, m in enumerate(markers):
+            if not isinstance(m, dict) or "xyz_mm" not in m:
+                raise InputError(f"markers[{i}]: expected an object with 'xyz_mm'")
+            xyz.append(_xyz(m["xyz_mm"], f"markers[{i}].xyz_mm"))
+            ids.append(str(m.get("id", f"#{i}")))
+        qc = d.get("qc")
+        verdict = qc.get("verdict") if isinstance(qc, dict) else None
+        return ExamMarkers(ids, np.array(xyz, dtype=float).reshape(-1, 3), verdict)
+
+
+# ------------------------------------------------------------------ pattern matching
+
+
+@dataclass
+class PatternMatch:
+    """Correspondence of model markers to scene markers.
+
+    Attributes
+    ----------
+    index : ndarray of int, shape (k,)
+        Scene index of each model marker, -1 when not found.
+    motion : RigidMotion
+        Fitted model -> scene motion (identity when fewer than 3 matched).
+    distance : ndarray, shape (k,)
+        Distance of each matched model marker, moved by ``motion``, to its
+        scene marker (nan when not found).
+    """
+
+    index: np.ndarray
+    motion: RigidMotion
+    distance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def count(self) -> int:
+        return int((self.index >= 0).sum())
+
+
+def _assign(
+    moved: np.ndarray, scene: np.ndarray, radius: np.ndarray, taken: np.ndarray | None = None
+) -> np.ndarray:
+    """Optimal one-to-one assignment of moved model points to scene points within ``radius``."""
+    k = len(moved)
+    index = np.full(k, -1, dtype=int)
+    if k == 0 or len(scene) == 0:
+        return index
+    cost = cdist(moved, scene)
+    gate = cost > radius[:, None]
+    if taken is not None:
+        gate |= taken[None, :]
+    # A large finite cost keeps the problem feasible (inf makes it infeasible).
+    big = 1e6
+    rows, cols = linear_sum_assignment(np.where(gate, big, cost))
+    ok = ~gate[rows, cols]
+    index[rows[ok]] = cols[ok]
+    return index
+
+
+def _hypotheses(
+    model: np.ndarray, scene: np.ndarray, Ds: np.ndarray, tri: tuple[int, int, int], tol: float
+) -> np.ndarray:
+    """Scene triplets (h, 3) whose distances match the model triplet ``tri`` within ``tol``."""
+    a, b, c = tri
+    dab = np.linalg.norm(model[a] - model[b])
+    dac = np.linalg.norm(model[a] - model[c])
+    dbc = np.linalg.norm(model[b] - model[c])
+    U, V = np.nonzero(np.abs(Ds - dab) <= tol)
+    keep = U != V
+    U, V = U[keep], V[keep]
+    if len(U) == 0:
+        return np.zeros((0, 3), dtype=int)
+    ok = (np.abs(Ds[U] - dac) <= tol) & (np.abs(Ds[V] - dbc) <= tol)
+    i, W = np.nonzero(ok)
+    keep = (U[i] != W) & (V[i] != W)
+    return np.stack([U[i][keep], V[i][keep], W[keep]], axis=1)
+
+
+def match_pattern(
+    model: np.ndarray,
+    scene: np.ndarray,
+    *,
+    dist_tol: float,
+    radius: np.ndarray | float,
+    coarse_radius: np.ndarray | float | None = None,
+    search_radius: np.ndarray | float | None = None,
+    seed_mask: np.ndarray | None = None,
+    max_triplets: int = 400,
+) -> PatternMatch:
+    """Find a rigid model's markers among unlabelled scene markers by their distance pattern.
+
+    Parameters
+    ----------
+    model : ndarray, shape (k, 3)
+        The segment's markers (any frame).
+    scene : ndarray, shape (m, 3)
+        The exam's markers (its cage frame): may miss some model markers and
+        hold others (other segments, stray beads).
+    dist_tol : float
+        Largest difference of a model distance and the matching scene distance
+        for a triplet to be a hypothesis (mm): twice the position error of
+        model plus scene markers.
+    radius : float or ndarray, shape (k,)
+        Scene markers within this distance of the moved model markers are
+        the ones the motion is refitted on (per marker if an array).
+    coarse_radius : float or ndarray, optional
+        Radius used to score a triplet hypothesis (its lever arm makes the
+        first fit coarser); defaults to ``radius``.
+    search_radius : float or ndarray, optional
+        Final assignment radius, without refitting: lets a marker that moved
+        (a loose bead) be found and reported; defaults to ``radius``.
+    seed_mask : ndarray of bool, shape (k,), optional
+        Only these model markers form hypothesis triplets and count in the
+        score (e.g. the precisely measured ones); the others are only
+        assigned at the end.
+    max_triplets : int
+        Cap on model triplets tried when the pattern is not found complete.
+
+    Returns
+    -------
+    PatternMatch
+    """
+    model = np.asarray(model, dtype=float).reshape(-1, 3)
+    scene = np.asarray(scene, dtype=float).reshape(-1, 3)
+    k, m = len(model), len(scene)
+    radius = np.broadcast_to(np.asarray(radius, dtype=float), (k,)).copy()
+    coarse = radius if coarse_radius is None else np.asarray(coarse_radius, dtype=float)
+    coarse = np.broadcast_to(coarse, (k,)).copy()
+    search = radius if search_radius is None else np.asarray(search_radius, dtype=float)
+    search = np.broadcast_to(search, (k,)).copy()
+    seeds = np.ones(k, bool) if seed_mask is None else np.asarray(seed_mask, bool)
+    none = PatternMatch(np.full(k, -1, dtype=int), RigidMotion.identity(), np.full(k, np.nan))
+    seed_idx = np.flatnonzero(seeds)
+    if len(seed_idx) < 3 or m < 3:
+        return none
+
+    Ds = cdist(scene, scene)
+    # Try well-spread triplets first: their fits extrapolate best.
+    triplets = list(itertools.combinations(seed_idx.tolist(), 3))
+    area = [
+        np.linalg.norm(np.cross(model[b] - model[a], model[c] - model[a])) for a, b, c in triplets
+    ]
+    order = np.argsort(area)[::-1]
+    best_score = (-1, np.inf)
+    best_motion: RigidMotion | None = None
+    best_inliers = np.zeros(k, bool)
+    target = min(len(seed_idx), m)
+    tried = 0
+    for ti in order:
+        tri = triplets[ti]
+        if area[ti] < 1e-6:
+            continue
+        # A triplet wholly inside the best consensus only re-finds it.
+        if best_inliers[list(tri)].all():
+            continue
+        tried += 1
+        if tried > max_triplets:
+            break
+        hyp = _hypotheses(model, scene, Ds, tri, dist_tol)
+        if len(hyp) == 0:
+            continue
+        src = np.broadcast_to(model[list(tri)], (len(hyp), 3, 3))
+        R, t = fit_rigid_batch(src, scene[hyp])
+        moved = np.einsum("hij,kj->hki", R, model[seeds]) + t[:, None, :]  # (h, s, 3)
+        d = np.linalg.norm(moved[:, :, None, :] - scene[None, None, :, :], axis=-1).min(axis=2)
+        inl = d <= coarse[seeds][None, :]
+        count = inl.sum(axis=1)
+        resid = np.where(inl, d, 0.0).sum(axis=1)
+        h = int(np.lexsort((resid, -count))[0])
+        score = (int(count[h]), float(resid[h]))
+        if score[0] > best_score[0] or (score[0] == best_score[0] and score[1] < best_score[1]):
+            best_score = score
+            best_motion = RigidMotion(R[h], t[h])
+            best_inliers = np.zeros(k, bool)
+            best_inliers[seed_idx[inl[h]]] = True
+            if score[0] >= target:
+                break
+    if best_motion is None or best_score[0] < 3:
+        return none
+
+    # Refine: assign seeds within the coarse radius, refit, then tighten.
+    motion = best_motion
+    index = np.full(k, -1, dtype=int)
+    for rad in (coarse, radius, radius):
+        idx = np.full(k, -1, dtype=int)
+        idx[seeds] = _assign(motion.apply(model[seeds]), scene, rad[seeds])
+        if (idx >= 0).sum() < 3:
+            break
+        index = idx
+        ok = index >= 0
+        motion = fit_rigid(model[ok], scene[index[ok]])
+    if (index >= 0).sum() < 3:
+        return none
+    # Final assignment without refitting: seeds first, then the others among
+    # the free scene markers.
+    index = np.full(k, -1, dtype=int)
+    index[seeds] = _assign(motion.apply(model[seeds]), scene, search[seeds])
+    rest = ~seeds
+    if rest.any():
+        taken = np.zeros(m, bool)
+        taken[index[index >= 0]] = True
+        index[rest] = _assign(motion.apply(model[rest]), scene, search[rest], taken)
+    dist = np.full(k, np.nan)
+    ok = index >= 0
+    dist[ok] = np.linalg.norm(motion.apply(model[ok]) - scene[index[ok]], axis=1)
+    return PatternMatch(index, motion, dist)
+
+
+# ------------------------------------------------------------------- loose beads
+
+
+def consistent_core(
+    ref: np.ndarray, fu: np.ndarray, loose_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Largest subset of markers whose mutual distances agree between two exams.
+
+    Two markers are consistent when ``|d_ref(i, j) - d_fu(i, j)| <= loose_mm``.
+    The kept set is a maximum clique of that consistency graph (exhaustive for
+    up to 16 markers, ties broken by the smallest total distance change;
+    greedy removal of the worst marker beyond that).
+
+    Parameters
+    ----------
+    ref, fu : ndarray, shape (n, 3)
+        The same n markers in the reference and the follow-up exam.
+    loose_mm : float
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (n,)
+    change : ndarray, shape (n,)
+        Median change of each marker's distances to the kept markers (mm):
+        what a loose bead is reported with.
+    """
+    n = len(ref)
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0)
+    dd = np.abs(cdist(ref, ref) - cdist(fu, fu))
+    ok = dd <= loose_mm
+    keep = np.ones(n, bool)
+    if not ok.all():
+        if n <= 16:
+            best: tuple[int, float] = (0, np.inf)
+            found = False
+            for size in range(n, 0, -1):
+                for sub in itertools.combinations(range(n), size):
+                    s = list(sub)
+                    if ok[np.ix_(s, s)].all():
+                        total = float(dd[np.ix_(s, s)].sum())
+                        if not found or total < best[1]:
+                            best, found = (size, total), True
+                            keep = np.zeros(n, bool)
+                            keep[s] = True
+                if found:
+                    break
+        else:
+            while not ok[np.ix_(keep, keep)].all():
+                sub = np.flatnonzero(keep)
+                bad = (~ok[np.ix_(sub, sub)]).sum(axis=1) + dd[np.ix_(sub, sub)].mean(axis=1) * 1e-6
+                keep[sub[int(np.argmax(bad))]] = False
+    others = keep.copy()
+    change = np.zeros(n)
+    for i in range(n):
+        mates = others.copy()
+        mates[i] = False
+        change[i] = float(np.median(dd[i, mates])) if mates.any() else 0.0
+    return keep, change
+
+
+# ----------------------------------------------------------------- labelled exams
+
+
+@dataclass
+class SegmentLabels:
+    """Where one segment's markers are in the reference and the follow-up exam.
+
+    Attributes
+    ----------
+    name : str
+    template : ndarray, shape (k, 3)
+        Segment-file positions (reference exam frame).
+    ref_index, fu_index : ndarray of int, shape (k,)
+        Index of each segment-file marker in the reference / follow-up exam's
+        marker list, -1 when not found.
+    loose : ndarray of bool, shape (k,)
+        Markers found in both exams but excluded as loose.
+    change_mm : ndarray, shape (k,)
+        Median change of each marker's distances to the consistent markers
+        (nan where not found in both).
+    """
+
+    name: str
+    template: np.ndarray
+    ref_index: np.ndarray
+    fu_index: np.ndarray
+    loose: np.ndarray
+    change_mm: np.ndarray
+
+    @property
+    def consistent(self) -> np.ndarray:
+        """Markers found in both exams and not loose (the consistent-marker set)."""
+        return (self.ref_index >= 0) & (self.fu_index >= 0) & ~self.loose
+
+
+def _resolve_conflicts(matches: dict[str, PatternMatch]) -> None:
+    """A scene marker claimed by two segments stays with the one it fits best."""
+    owner: dict[int, tuple[str, int, float]] = {}
+    for name, pm in matches.items():
+        for i, j in enumerate(pm.index):
+            if j < 0:
+                continue
+            d = float(pm.distance[i])
+            prev = owner.get(int(j))
+            if prev is None:
+                owner[int(j)] = (name, i, d)
+            elif d < prev[2]:
+                matches[prev[0]].index[prev[1]] = -1
+                owner[int(j)] = (name, i, d)
+            else:
+                pm.index[i] = -1
+
+
+def label_reference(
+    definition: SegmentDefinition,
+    exam: ExamMarkers,
+    tol: MatchTolerances = DEFAULT_TOLERANCES,
+) -> dict[str, PatternMatch]:
+    """Find each segment's markers in the reference exam from the segment file.
+
+    The segment file's positions are accurate to ``template_mm``, so distances
+    agree to twice that plus the measurement error.
+    """
+    dist_tol = 2 * tol.template_mm + 2 * tol.measured_mm
+    radius = 2 * tol.template_mm + tol.measured_mm
+    out = {
+        name: match_pattern(
+            tpl, exam.xyz, dist_tol=dist_tol, radius=radius, coarse_radius=2.5 * radius
+        )
+        for name, tpl in definition.positions.items()
+    }
+    _resolve_conflicts(out)
+    return out
+
+
+def label_followup(
+    definition: SegmentDefinition,
+    reference: ExamMarkers,
+    ref_matches: dict[str, PatternMatch],
+    exam: ExamMarkers,
+    tol: MatchTolerances = DEFAULT_TOLERANCES,
+) -> dict[str, SegmentLabels]:
+    """Find each segment's markers in a follow-up exam and detect loose beads.
+
+    The model of each segment is its markers as measured in the reference exam
+    (precise, these seed the pattern search); markers not found there stand in
+    with their segment-file position carried by the reference fit, and are only
+    assigned at the end. A measured marker is looked for up to
+    ``loose_search_mm`` from its expected place so that a bead which moved can
+    be reported as loose rather than silently missing.
+    """
+    matches: dict[str, PatternMatch] = {}
+    for name, tpl in definition.positions.items():
+        rm = ref_matches[name]
+        seen = rm.index >= 0
+        model = tpl.copy()
+        if seen.any():
+            model[~seen] = rm.motion.apply(tpl[~seen])
+            model[seen] = reference.xyz[rm.index[seen]]
+        approx = 2 * tol.template_mm + tol.measured_mm
+        matches[name] = match_pattern(
+            model,
+            exam.xyz,
+            dist_tol=max(2 * tol.measured_mm, tol.loose_mm),
+            radius=np.where(seen, 2 * tol.measured_mm, approx),
+            search_radius=np.where(seen, tol.loose_search_mm, approx),
+            seed_mask=seen,
+        )
+        if not seen.any() or (seen.sum() < 3):
+            # Too few reference markers to seed a search: fall back on the file.
+            matches[name] = match_pattern(
+                tpl,
+                exam.xyz,
+                dist_tol=2 * tol.template_mm + 2 * tol.measured_mm,
+                radius=2 * tol.template_mm + tol.measured_mm,
+                coarse_radius=5 * tol.template_mm,
+            )
+    _resolve_conflicts(matches)
+
+    labels: dict[str, SegmentLabels] = {}
+    for name, tpl in definition.positions.items():
+        ri, fi = ref_matches[name].index.copy(), matches[name].index.copy()
+        both = (ri >= 0) & (fi >= 0)
+        loose = np.zeros(len(tpl), bool)
+        change = np.full(len(tpl), np.nan)
+        if both.any():
+            keep, ch = consistent_core(reference.xyz[ri[both]], exam.xyz[fi[both]], tol.loose_mm)
+            loose[np.flatnonzero(both)[~keep]] = True
+            change[both] = ch
+        labels[name] = SegmentLabels(name, tpl, ri, fi, loose, change)
+    return labels
