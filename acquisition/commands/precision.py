@@ -8,7 +8,21 @@ import argparse
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("migrations", nargs="+", help="migration JSON of each double examination")
     p.add_argument("-o", "--output", required=True, help="precision JSON to write")
+    p.add_argument(
+        "--include-retake",
+        action="store_true",
+        help="also use migrations whose QC verdict is retake (motion present)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("rsa-station precision is not built yet (issue 6)")
+    from acquisition.jsonio import load_model, write_json
+    from reconstruction.precision import check_migration, precision
+
+    migrations = [load_model(p, check_migration, "migration result") for p in args.migrations]
+    result = precision(migrations, include_retake=args.include_retake)
+    result["inputs"] = [str(p) for p in args.migrations]
+    for e in result["excluded"]:
+        e["file"] = str(args.migrations[e["index"]])
+    write_json(args.output, result)
+    return 0
