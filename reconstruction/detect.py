@@ -1,0 +1,585 @@
+"""Sub-pixel detection of radio-opaque markers (beads and cage markers).
+
+Coarse to fine, after DESIGN-NOTES "Detecting beads":
+
+1. *Coarse*: the stored pixels are reduced by an integer factor ``k`` with
+   area averaging (``cv2.resize`` INTER_AREA), intensity-mapped so that markers
+   are bright, band-passed with a difference of Gaussians matched to the
+   expected marker radii (Lindeberg 1998: a disc of radius r answers best to a
+   LoG of scale r / sqrt 2), and local maxima above a robust noise threshold
+   are kept; edge-like maxima are dropped with Lowe's principal-curvature ratio
+   test (Lowe, IJCV 2004, sec. 4.1).
+2. *Fine*: in a small window at full resolution every candidate is fitted, all
+   windows at once, by Levenberg-Marquardt with a blurred-disc model on a
+   tilted background plane::
+
+       I(x) = B0 + Br dr + Bc dc + A * 0.5 erfc((|x - x0| - R) / (sqrt 2 s))
+
+   i.e. an opaque disc of radius R blurred by a Gaussian of width s (focal spot
+   penumbra plus detector blur). The least-squares fit of the right model is
+   asymptotically efficient, so its centre error approaches the Cramér-Rao
+   bound (Kay, *Fundamentals of Statistical Signal Processing I*, 1993, ch. 3);
+   the bound itself is reported per marker from the Fisher information of the
+   fitted model at the window's measured noise.
+
+A candidate is rejected when its disc is cut by the image edge, when the fit
+does not explain the window (merged beads, metal edges, collimator edges:
+residual well above the noise), when it is not significant (bone texture) or
+when its radius or blur is implausible for a marker of the expected size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.special import erfc
+
+from reconstruction.image import RawImage
+
+_SQRT2 = np.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class MarkerScale:
+    """Expected marker radii in full-resolution pixels, derived from geometry.
+
+    Attributes
+    ----------
+    r_min, r_max : float
+        Smallest and largest expected shadow radius (px).
+    """
+
+    r_min: float
+    r_max: float
+
+    @property
+    def factor(self) -> int:
+        """Reduction factor for the coarse pass: keeps the smallest marker >= ~1.2 px radius."""
+        return int(np.clip(np.floor(self.r_min / 1.2), 1, 4))
+
+    @property
+    def half_window(self) -> int:
+        """Half size of the fitting window: the largest disc plus its blur and a margin."""
+        return int(np.ceil(self.r_max * 1.35 + 4))
+
+
+@dataclass
+class Detections:
+    """Markers detected in one image (arrays of length n, full-resolution pixels).
+
+    Attributes
+    ----------
+    rc : ndarray (n, 2)
+        Centre ``[row, col]``.
+    radius_px, blur_px : ndarray (n,)
+        Fitted disc radius and Gaussian blur.
+    contrast : ndarray (n,)
+        Fitted disc amplitude, in display units (markers bright).
+    relative_contrast : ndarray (n,)
+        Amplitude over the local noise (a signal-to-noise ratio).
+    residual : ndarray (n,)
+        RMS fit residual over the window's noise (1 = fits to the noise).
+    sigma_px : ndarray (n,)
+        Cramér-Rao bound of the centre, per axis (px), at the measured noise.
+    noise : ndarray (n,)
+        Local noise standard deviation (display units).
+    rejected : list of (rc, reason)
+        Candidates that were looked at and refused, for overlays and diagnosis.
+    """
+
+    rc: np.ndarray
+    radius_px: np.ndarray
+    blur_px: np.ndarray
+    contrast: np.ndarray
+    relative_contrast: np.ndarray
+    residual: np.ndarray
+    sigma_px: np.ndarray
+    noise: np.ndarray
+    rejected: list[tuple[np.ndarray, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rc)
+
+    def subset(self, idx: np.ndarray) -> Detections:
+        return Detections(
+            self.rc[idx],
+            self.radius_px[idx],
+            self.blur_px[idx],
+            self.contrast[idx],
+            self.relative_contrast[idx],
+            self.residual[idx],
+            self.sigma_px[idx],
+            self.noise[idx],
+            [],
+        )
+
+    @classmethod
+    def empty(cls) -> Detections:
+        z = np.zeros(0)
+        return cls(np.zeros((0, 2)), z, z, z, z, z, z, z, [])
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def _masked_pixels(image: RawImage) -> np.ndarray:
+    """Stored values with bits above BitsStored cleared (only when any are set)."""
+    px = image.pixels
+    if np.issubdtype(px.dtype, np.unsignedinteger) and image.bits_stored < px.dtype.itemsize * 8:
+        limit = (1 << image.bits_stored) - 1
+        if int(px.max()) > limit:
+            px = px & np.array(limit, dtype=px.dtype)
+    return px
+
+
+def _apply_lut(values: np.ndarray, image: RawImage) -> np.ndarray:
+    """Modality LUT and photometric inversion on float32 values, in place."""
+    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
+        values *= np.float32(image.rescale_slope)
+        values += np.float32(image.rescale_intercept)
+    if image.photometric == "MONOCHROME1":
+        np.negative(values, out=values)
+    return values
+
+
+def reduced_display(image: RawImage, k: int) -> np.ndarray:
+    """Area-averaged image reduced by ``k``, in display values (markers bright), float32.
+
+    Area averaging, the Modality LUT (linear) and the photometric inversion
+    commute, so reducing first and mapping the 1/k^2 smaller image costs one
+    read of the stored pixels, which keeps the real-time cage check fast.
+    """
+    px = _masked_pixels(image)
+    if px.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
+        px = px.astype(np.float32)
+    rows, cols = px.shape
+    if k > 1:
+        small = cv2.resize(
+            px[: rows - rows % k, : cols - cols % k],
+            ((cols // k), (rows // k)),
+            interpolation=cv2.INTER_AREA,
+        )
+    else:
+        small = px
+    return _apply_lut(small.astype(np.float32, copy=True), image)
+
+
+def full_display(image: RawImage) -> np.ndarray:
+    """Full-resolution display values (markers bright), float32."""
+    px = _masked_pixels(image)
+    return _apply_lut(px.astype(np.float32, copy=True), image)
+
+
+# --------------------------------------------------------------------------- coarse
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    med = np.median(values)
+    return float(1.4826 * np.median(np.abs(values - med))) + 1e-12
+
+
+def coarse_candidates(
+    small: np.ndarray, k: int, scale: MarkerScale, threshold_sigma: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres from a band-passed reduced image.
+
+    Parameters
+    ----------
+    small : ndarray
+        Reduced display image (markers bright).
+    k : int
+        Reduction factor of ``small``.
+    scale : MarkerScale
+        Expected marker radii (full-resolution px).
+    threshold_sigma : float
+        Detection threshold in robust standard deviations of the band-passed image.
+
+    Returns
+    -------
+    rc : ndarray (n, 2)
+        Candidate centres in full-resolution pixels (sub-pixel, parabolic peak).
+    strength : ndarray (n,)
+        Band-pass response over its robust noise.
+    """
+    r_lo, r_hi = scale.r_min / k, scale.r_max / k
+    # One band-pass per octave of radii, each in units of its own robust noise,
+    # so that small faint beads and large flat-topped ones both stand out.
+    n_oct = max(1, int(np.ceil(np.log2(r_hi / r_lo) - 0.3)))
+    radii = r_lo * (r_hi / r_lo) ** (np.arange(n_oct) / max(n_oct - 1, 1)) if n_oct > 1 else [r_lo]
+    dog = None
+    for r in radii:
+        s1 = max(0.5, 0.6 * r)
+        s2 = max(2.5 * s1, 1.5 * r_hi)
+        band = cv2.subtract(
+            cv2.GaussianBlur(small, (0, 0), s1), cv2.GaussianBlur(small, (0, 0), s2)
+        )
+        band *= np.float32(1.0 / _robust_sigma(band[::3, ::3]))
+        dog = band if dog is None else np.maximum(dog, band)
+    noise = 1.0
+    thr = threshold_sigma * noise
+    # non-maximum suppression over the smallest marker's radius: two markers'
+    # centres are never closer than that, and a flat top gives one candidate.
+    nms = 2 * max(1, int(np.floor(r_lo))) + 1
+    dil = cv2.dilate(dog, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (nms, nms)))
+    m = (dog >= dil) & (dog > thr)
+    border = 1
+    m[:border] = m[-border:] = False
+    m[:, :border] = m[:, -border:] = False
+    r, c = np.nonzero(m)
+    if len(r) == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    v0 = dog[r, c]
+    vu, vd = dog[r - 1, c], dog[r + 1, c]
+    vl, vr = dog[r, c - 1], dog[r, c + 1]
+    dyy = vu + vd - 2 * v0
+    dxx = vl + vr - 2 * v0
+    dxy = 0.25 * (dog[r + 1, c + 1] - dog[r + 1, c - 1] - dog[r - 1, c + 1] + dog[r - 1, c - 1])
+    # Lowe's edge test: both principal curvatures negative and of similar size.
+    tr = dxx + dyy
+    det = dxx * dyy - dxy**2
+    ratio = 6.0
+    ok = (det > 0) & (tr < 0) & (tr**2 * ratio < (ratio + 1) ** 2 * det)
+    # A flat-topped disc (large marker on a fine scale) has near-zero curvature: keep it.
+    flat = (np.abs(tr) < 0.05 * v0) & (det >= 0)
+    ok |= flat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dr = np.where(dyy < 0, 0.5 * (vu - vd) / dyy, 0.0)
+        dc = np.where(dxx < 0, 0.5 * (vl - vr) / dxx, 0.0)
+    dr = np.clip(np.nan_to_num(dr), -0.5, 0.5)
+    dc = np.clip(np.nan_to_num(dc), -0.5, 0.5)
+    rc = np.stack([(r + dr + 0.5) * k - 0.5, (c + dc + 0.5) * k - 0.5], axis=1)
+    return rc[ok], (v0 / noise)[ok]
+
+
+# --------------------------------------------------------------------------- fine
+
+
+def _model(dr, dc, p):
+    """Blurred disc on a plane and its Jacobian, batched (n windows x m pixels).
+
+    ``p`` columns: r0, c0, R, s, A, B0, Br, Bc (offsets relative to the window centre).
+    """
+    r0, c0, rad, s, a = (p[:, i : i + 1] for i in range(5))
+    b0, br, bc = p[:, 5:6], p[:, 6:7], p[:, 7:8]
+    yr = dr - r0
+    yc = dc - c0
+    rho = np.sqrt(yr * yr + yc * yc + 1e-6)
+    u = (rho - rad) / s
+    disc = 0.5 * erfc(u / _SQRT2)
+    phi = np.exp(-0.5 * u * u) * (_INV_SQRT_2PI / s)
+    model = b0 + br * dr + bc * dc + a * disc
+    ap = a * phi
+    jac = np.empty((*dr.shape[:1], dr.shape[1], 8))
+    jac[..., 0] = ap * yr / rho
+    jac[..., 1] = ap * yc / rho
+    jac[..., 2] = ap
+    jac[..., 3] = ap * u
+    jac[..., 4] = disc
+    jac[..., 5] = 1.0
+    jac[..., 6] = dr
+    jac[..., 7] = dc
+    return model, jac
+
+
+def _gather(display: np.ndarray, centres: np.ndarray, h: int):
+    """Windows of half size h around integer centres; out-of-image pixels flagged."""
+    rows, cols = display.shape
+    off = np.arange(-h, h + 1)
+    rr = centres[:, 0:1, None] + off[None, :, None]
+    cc = centres[:, 1:2, None] + off[None, None, :]
+    rr, cc = np.broadcast_arrays(rr, cc)
+    inside = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
+    win = display[np.clip(rr, 0, rows - 1), np.clip(cc, 0, cols - 1)]
+    return win.astype(np.float64), inside, rr - centres[:, 0:1, None], cc - centres[:, 1:2, None]
+
+
+def _window_noise(win: np.ndarray) -> np.ndarray:
+    """Per-window noise from first differences (robust; smooth structure cancels)."""
+    d1 = np.diff(win, axis=2).reshape(len(win), -1)
+    d2 = np.diff(win, axis=1).reshape(len(win), -1)
+    d = np.concatenate([d1, d2], axis=1)
+    mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+    return 1.4826 * mad / _SQRT2 + 1e-9
+
+
+def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds):
+    """Batched Levenberg-Marquardt on the blurred-disc model with sqrt-weights ``sw``."""
+    r_lo, r_hi, h = bounds
+    p = p.copy()
+    n = len(p)
+    lam = np.full(n, 1e-2)
+    model, jac = _model(dr, dc, p)
+    res = (win - model) * sw
+    cost = (res**2).sum(1)
+    eye = np.eye(8)
+    for _ in range(iterations):
+        jw = jac * sw[..., None]
+        jtj = np.einsum("nmi,nmj->nij", jw, jw)
+        jtr = np.einsum("nmi,nm->ni", jw, res)
+        diag = np.einsum("nii->ni", jtj)
+        a_mat = jtj + (lam[:, None] * (diag + 1e-9))[:, :, None] * eye
+        try:
+            step = np.linalg.solve(a_mat, jtr[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(a_mat[i], jtr[i], rcond=None)[0] for i in range(n)])
+        trial = p + step
+        trial[:, 2] = np.clip(trial[:, 2], r_lo, r_hi)
+        trial[:, 3] = np.clip(trial[:, 3], 0.25, r_hi)
+        trial[:, 0:2] = np.clip(trial[:, 0:2], -h, h)
+        m_t, j_t = _model(dr, dc, trial)
+        res_t = (win - m_t) * sw
+        cost_t = (res_t**2).sum(1)
+        better = cost_t < cost
+        p[better] = trial[better]
+        jac[better], res[better] = j_t[better], res_t[better]
+        cost[better] = cost_t[better]
+        small_step = np.abs(step[:, :2]).max(1) < 1e-4
+        lam = np.where(better, lam * 0.3, lam * 10.0)
+        if np.all(small_step | (lam > 1e6)):
+            break
+    return p, cost, jac
+
+
+def fit_markers(
+    display: np.ndarray,
+    candidates: np.ndarray,
+    scale: MarkerScale,
+    radius_guess: np.ndarray | None = None,
+    iterations: int = 25,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares blurred-disc fit in small windows, all windows at once.
+
+    Levenberg-Marquardt (Marquardt, J. SIAM 1963) batched over windows; pixels
+    nearer another candidate than their own are masked out so that a close
+    neighbour does not pull the fit.
+
+    Returns
+    -------
+    params : ndarray (n, 8)
+        r0, c0 (absolute px), R, s, A, B0, Br, Bc.
+    cov_diag : ndarray (n, 8)
+        Diagonal of the parameter covariance at the measured noise.
+    chi : ndarray (n,)
+        RMS residual over the window noise.
+    noise : ndarray (n,)
+        Window noise (first differences, robust).
+    inside_ok : ndarray (n,) bool
+        The window lay entirely within the image.
+    """
+    n = len(candidates)
+    h = scale.half_window
+    if n == 0:
+        z = np.zeros(0)
+        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, np.zeros(0, bool)
+    ci = np.rint(candidates).astype(np.int64)
+    win, inside, dr, dc = _gather(display, ci, h)
+    m = win.shape[1] * win.shape[2]
+    win = win.reshape(n, m)
+    dr = dr.reshape(n, m).astype(np.float64)
+    dc = dc.reshape(n, m).astype(np.float64)
+    weight = inside.reshape(n, m).astype(np.float64)
+    inside_ok = weight.min(axis=1) > 0
+
+    rad0 = np.full(n, 0.5 * (scale.r_min + scale.r_max)) if radius_guess is None else radius_guess
+    # circular window of the disc plus blur and background ring
+    rwin = np.minimum(rad0 * 1.35 + 4, h)
+    weight *= (dr**2 + dc**2) <= (rwin[:, None] ** 2)
+    if n > 1:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(candidates)
+        pairs = tree.query_pairs(2 * h + 1, output_type="ndarray")
+        if len(pairs):
+            for a, b in ((pairs[:, 0], pairs[:, 1]), (pairs[:, 1], pairs[:, 0])):
+                # pixels of window a nearer to candidate b than to a's own centre
+                ra = dr[a] + ci[a, 0:1]
+                ca = dc[a] + ci[a, 1:2]
+                d_own = (ra - candidates[a, 0:1]) ** 2 + (ca - candidates[a, 1:2]) ** 2
+                d_oth = (ra - candidates[b, 0:1]) ** 2 + (ca - candidates[b, 1:2]) ** 2
+                np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
+    noise = _window_noise(win.reshape(n, 2 * h + 1, 2 * h + 1))
+
+    # initial parameters
+    ring = weight * ((dr**2 + dc**2) > (rad0[:, None] + 2) ** 2)
+    wsum = np.maximum(ring.sum(1), 1)
+    b0 = (win * ring).sum(1) / wsum
+    core = weight * ((dr**2 + dc**2) <= np.maximum(rad0[:, None] * 0.5, 1) ** 2)
+    a0 = (win * core).sum(1) / np.maximum(core.sum(1), 1) - b0
+    p = np.zeros((n, 8))
+    p[:, 0] = candidates[:, 0] - ci[:, 0]
+    p[:, 1] = candidates[:, 1] - ci[:, 1]
+    p[:, 2] = rad0
+    p[:, 3] = 0.8
+    p[:, 4] = np.maximum(a0, noise)
+    p[:, 5] = b0
+    r_lo, r_hi = 0.3 * scale.r_min, 1.8 * scale.r_max + 1
+    mask = weight
+    p, cost, jac = _levenberg_marquardt(win, dr, dc, mask, p, iterations, (r_lo, r_hi, h))
+    nw = mask.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi = np.sqrt(cost / np.maximum(nw - 8, 1)) / noise
+    # Second pass, weighted by a two-zone noise model: with counts the bead's
+    # shadow is less noisy than the background; weighting each pixel by its
+    # variance (measured in the disc core and from the background's pixel
+    # differences) makes the estimator efficient (Gauss-Markov) without
+    # assuming how stored values relate to counts.
+    model, _ = _model(dr, dc, p)
+    rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
+    core = mask * (rho < (p[:, 2:3] - 1.5 * p[:, 3:4]))
+    n_core = core.sum(1)
+    var_bg = noise**2
+    var_core = np.where(
+        n_core >= 8,
+        ((win - model) ** 2 * core).sum(1) / np.maximum(n_core - 1, 1),
+        var_bg,
+    )
+    var_core = np.clip(var_core, 0.05 * var_bg, 2.0 * var_bg)
+    disc = 0.5 * erfc((rho - p[:, 2:3]) / (_SQRT2 * p[:, 3:4]))
+    var = var_bg[:, None] + (var_core - var_bg)[:, None] * disc
+    sw = mask / np.sqrt(var)
+    p, cost, jac = _levenberg_marquardt(win, dr, dc, sw, p, 8, (r_lo, r_hi, h))
+    jw = jac * sw[..., None]
+    jtj = np.einsum("nmi,nmj->nij", jw, jw)
+    try:
+        inv = np.linalg.inv(jtj + 1e-12 * np.eye(8))
+    except np.linalg.LinAlgError:
+        inv = np.linalg.pinv(jtj)
+    cov_diag = np.einsum("nii->ni", inv)
+    params = p.copy()
+    params[:, 0] += ci[:, 0]
+    params[:, 1] += ci[:, 1]
+    return params, cov_diag, chi, noise, inside_ok
+
+
+def detect_markers(
+    image: RawImage | np.ndarray,
+    scale: MarkerScale,
+    *,
+    display: np.ndarray | None = None,
+    threshold_sigma: float = 5.0,
+    min_snr: float = 8.0,
+    max_chi: float = 1.6,
+) -> Detections:
+    """Detect markers in one image, coarse to fine.
+
+    Parameters
+    ----------
+    image : RawImage
+        Stored pixels and their interpretation.
+    scale : MarkerScale
+        Expected marker radii (from the station geometry and marker diameters).
+    display : ndarray, optional
+        Full-resolution display image if already computed.
+    threshold_sigma : float
+        Coarse detection threshold (robust sigmas of the band-pass).
+    min_snr : float
+        Smallest fitted amplitude over its standard error that counts as a marker.
+    max_chi : float
+        Largest RMS residual over noise for a fit to count as one whole disc
+        (unless the residual is under 5 % of the amplitude, for very clean images).
+    """
+    k = scale.factor
+    small = reduced_display(image, k)
+    cand, _strength = coarse_candidates(small, k, scale, threshold_sigma)
+    if display is None:
+        display = full_display(image)
+    params, cov, chi, noise, inside_ok = fit_markers(display, cand, scale)
+    return _select(params, cov, chi, noise, inside_ok, display.shape, scale, min_snr, max_chi)
+
+
+def _select(params, cov, chi, noise, inside_ok, shape, scale, min_snr, max_chi) -> Detections:
+    rows, cols = shape
+    r0, c0, rad, s, a = params[:, 0], params[:, 1], params[:, 2], params[:, 3], params[:, 4]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # matched-filter signal-to-noise ratio of the disc (amplitude over
+        # noise times the square root of its area); the amplitude's own
+        # standard error is useless here, being correlated with R and s.
+        snr = a / noise * np.sqrt(np.pi) * np.maximum(rad, s)
+        sig = np.sqrt(0.5 * (cov[:, 0] + cov[:, 1]))
+        resid_rel = chi * noise / np.maximum(a, 1e-12)
+    extent = rad + 2 * s
+    reason = np.full(len(params), "", dtype=object)
+    finite = np.all(np.isfinite(params), axis=1) & np.isfinite(snr) & np.isfinite(chi)
+    reason[~finite] = "fit failed"
+    cut = (
+        (r0 - extent < -0.5)
+        | (c0 - extent < -0.5)
+        | (r0 + extent > rows - 0.5)
+        | (c0 + extent > cols - 0.5)
+    )
+    reason[(reason == "") & (cut | ~inside_ok)] = "cut by the image edge"
+    reason[(reason == "") & ((a <= 0) | (snr < min_snr))] = "not significant"
+    bad_size = (
+        (rad < 0.5 * scale.r_min) | (rad > 1.5 * scale.r_max) | (s > max(2.5, 0.9 * scale.r_max))
+    )
+    reason[(reason == "") & bad_size] = "implausible size or blur"
+    misfit = (chi > max_chi) & (resid_rel > 0.05)
+    reason[(reason == "") & misfit] = "not a single disc (merged, edge or texture)"
+    ok = reason == ""
+    # duplicates: two candidates converged on one marker; keep the better fit
+    idx = np.flatnonzero(ok)
+    if len(idx) > 1:
+        from scipy.spatial import cKDTree
+
+        pts = params[idx, :2]
+        pairs = cKDTree(pts).query_pairs(max(1.0, 0.5 * scale.r_min), output_type="ndarray")
+        drop = set()
+        for i, j in pairs:
+            ii, jj = idx[i], idx[j]
+            drop.add(jj if chi[ii] <= chi[jj] else ii)
+        for d in drop:
+            ok[d] = False
+            reason[d] = "duplicate"
+    det = Detections(
+        rc=params[ok, :2].copy(),
+        radius_px=rad[ok].copy(),
+        blur_px=s[ok].copy(),
+        contrast=a[ok].copy(),
+        relative_contrast=(a / noise)[ok],
+        residual=chi[ok].copy(),
+        sigma_px=sig[ok].copy(),
+        noise=noise[ok].copy(),
+    )
+    det.rejected = [
+        (params[i, :2].copy(), str(reason[i]))
+        for i in np.flatnonzero(~ok)
+        if reason[i] not in ("duplicate", "fit failed", "not significant")
+    ]
+    return det
+
+
+def cramer_rao_centre(
+    radius: float,
+    blur: float,
+    amplitude: float,
+    noise: float | None = None,
+    *,
+    poisson_background: float | None = None,
+    half: int = 10,
+) -> float:
+    """Cramér-Rao bound (px, per axis) of the centre of a blurred disc.
+
+    The Fisher information of the eight-parameter model above for independent
+    Gaussian noise of variance v(x) is ``sum J^T J / v`` (Kay 1993, eq. 3.31);
+    the bound is the square root of the centre element of its inverse. Give
+    either a constant ``noise`` standard deviation or, for counts, the
+    ``poisson_background`` level: the variance is then the expected count, which
+    is lower in the bead's shadow by the amplitude.
+    """
+    off = np.arange(-half, half + 1, dtype=float)
+    dr, dc = np.meshgrid(off, off, indexing="ij")
+    dr = dr.reshape(1, -1)
+    dc = dc.reshape(1, -1)
+    p = np.array([[0.0, 0.0, radius, blur, amplitude, 0.0, 0.0, 0.0]])
+    model, jac = _model(dr, dc, p)
+    if poisson_background is not None:
+        var = np.maximum(poisson_background - model[0], 1e-9)
+    elif noise is not None:
+        var = np.full(jac.shape[1], float(noise) ** 2)
+    else:
+        raise ValueError("give noise or poisson_background")
+    info = (jac[0] / var[:, None]).T @ jac[0]
+    return float(np.sqrt(np.linalg.inv(info)[0, 0]))
