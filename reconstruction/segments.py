@@ -17,10 +17,9 @@ model onto the scene, gated by a radius, refined by refitting. Missing markers
 not disturb it as long as three markers of the segment are seen.
 
 A loose bead (one that moved within its segment between examinations) is found
-from the change of its distances to the other markers of the segment
-(:func:`consistent_core`): the largest set of markers whose pairwise distances
-agree between the two examinations to within ``loose_mm`` is kept; the others
-are reported as loose and excluded.
+from the change of its distances to the other markers of the segment and from
+its displacement relative to the rigid fit of the others
+(:func:`consistent_core`); it is reported as loose and excluded.
 """
 
 from __future__ import annotations
@@ -368,15 +367,38 @@ def match_pattern(
 # ------------------------------------------------------------------- loose beads
 
 
+def _displacement(ref: np.ndarray, fu: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Distance of every marker from where the rigid fit of the kept markers puts it.
+
+    nan when fewer than 3 markers are kept.
+    """
+    if keep.sum() < 3:
+        return np.full(len(ref), np.nan)
+    m = fit_rigid(ref[keep], fu[keep])
+    return np.linalg.norm(m.apply(ref) - fu, axis=1)
+
+
 def consistent_core(
     ref: np.ndarray, fu: np.ndarray, loose_mm: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Largest subset of markers whose mutual distances agree between two exams.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Largest subset of markers that moved as one rigid body between two exams.
 
-    Two markers are consistent when ``|d_ref(i, j) - d_fu(i, j)| <= loose_mm``.
-    The kept set is a maximum clique of that consistency graph (exhaustive for
-    up to 16 markers, ties broken by the smallest total distance change;
-    greedy removal of the worst marker beyond that).
+    Two steps:
+
+    1. Distances: two markers are consistent when
+       ``|d_ref(i, j) - d_fu(i, j)| <= loose_mm``; the kept set is a maximum
+       clique of that consistency graph (exhaustive for up to 16 markers, ties
+       broken by the smallest total distance change; greedy removal of the
+       worst marker beyond that). This needs no fit, so one loose bead cannot
+       spoil the test of the others.
+    2. Fit: a distance barely changes when a bead moves at right angles to
+       the lines joining it to its mates, so while 4 or more markers remain,
+       the marker whose exclusion lowers the sum of squared residuals of the
+       rigid fit the most is dropped if that decrease exceeds ``loose_mm²``.
+       The decrease lies between the marker's squared residual in the full
+       fit (which the fit partly absorbs) and its squared leave-one-out
+       prediction error (which poorly conditioned remaining markers inflate),
+       the same deletion statistic as in regression diagnostics (Cook 1977).
 
     Parameters
     ----------
@@ -388,12 +410,15 @@ def consistent_core(
     -------
     keep : ndarray of bool, shape (n,)
     change : ndarray, shape (n,)
-        Median change of each marker's distances to the kept markers (mm):
-        what a loose bead is reported with.
+        Median change of each marker's distances to the kept markers (mm).
+    displacement : ndarray, shape (n,)
+        Distance of each marker from its place predicted by the fit of the
+        kept markers (mm; nan with fewer than 3 of them): the residual of a
+        kept marker, the displacement of an excluded one.
     """
     n = len(ref)
     if n == 0:
-        return np.zeros(0, bool), np.zeros(0)
+        return np.zeros(0, bool), np.zeros(0), np.zeros(0)
     dd = np.abs(cdist(ref, ref) - cdist(fu, fu))
     ok = dd <= loose_mm
     keep = np.ones(n, bool)
@@ -417,13 +442,25 @@ def consistent_core(
                 sub = np.flatnonzero(keep)
                 bad = (~ok[np.ix_(sub, sub)]).sum(axis=1) + dd[np.ix_(sub, sub)].mean(axis=1) * 1e-6
                 keep[sub[int(np.argmax(bad))]] = False
+    while keep.sum() >= 4:
+        full = float((_displacement(ref, fu, keep)[keep] ** 2).sum())
+        gain = np.full(n, -np.inf)
+        for j in np.flatnonzero(keep):
+            rest = keep.copy()
+            rest[j] = False
+            gain[j] = full - float((_displacement(ref, fu, rest)[rest] ** 2).sum())
+        worst = int(np.argmax(gain))
+        if gain[worst] <= loose_mm**2:
+            break
+        keep[worst] = False
+    disp = _displacement(ref, fu, keep)
     others = keep.copy()
     change = np.zeros(n)
     for i in range(n):
         mates = others.copy()
         mates[i] = False
         change[i] = float(np.median(dd[i, mates])) if mates.any() else 0.0
-    return keep, change
+    return keep, change, disp
 
 
 # ----------------------------------------------------------------- labelled exams
@@ -446,6 +483,9 @@ class SegmentLabels:
     change_mm : ndarray, shape (k,)
         Median change of each marker's distances to the consistent markers
         (nan where not found in both).
+    displacement_mm : ndarray, shape (k,)
+        Distance of each marker from where the fit of the consistent markers
+        puts it (nan where not found in both or fewer than 3 consistent).
     """
 
     name: str
@@ -454,11 +494,50 @@ class SegmentLabels:
     fu_index: np.ndarray
     loose: np.ndarray
     change_mm: np.ndarray
+    displacement_mm: np.ndarray
 
     @property
     def consistent(self) -> np.ndarray:
         """Markers found in both exams and not loose (the consistent-marker set)."""
         return (self.ref_index >= 0) & (self.fu_index >= 0) & ~self.loose
+
+
+def _match_greedy(
+    models: dict[str, tuple[np.ndarray, dict]], scene: np.ndarray
+) -> dict[str, PatternMatch]:
+    """Match several segments in one exam without letting two claim one marker.
+
+    Each round matches every unassigned segment on the free scene markers and
+    commits the strongest match (most markers, then smallest mean distance);
+    its markers are then unavailable to the others. A wrong hypothesis for a
+    segment with few visible markers can otherwise borrow markers of a
+    well-seen segment.
+    """
+    free = np.ones(len(scene), bool)
+    out: dict[str, PatternMatch] = {}
+    firm_radius = {}
+    for name, (model, kw) in models.items():
+        firm_radius[name] = np.broadcast_to(np.asarray(kw["radius"], dtype=float), (len(model),))
+    todo = list(models)
+    while todo:
+        sub = np.flatnonzero(free)
+        best_name, best, best_key = None, None, None
+        for name in todo:
+            model, kw = models[name]
+            pm = match_pattern(model, scene[sub], **kw)
+            ok = pm.index >= 0
+            pm.index[ok] = sub[pm.index[ok]]
+            key = (-pm.count, float(np.nanmean(pm.distance)) if pm.count else np.inf)
+            if best_key is None or key < best_key:
+                best_name, best, best_key = name, pm, key
+        out[best_name] = best
+        # Only firm matches are withheld from the others; a far candidate (a
+        # possibly loose bead) may be a firm marker of another segment.
+        firm = (best.index >= 0) & (best.distance <= firm_radius[best_name])
+        free[best.index[firm]] = False
+        todo.remove(best_name)
+    _resolve_conflicts(out)
+    return out
 
 
 def _resolve_conflicts(matches: dict[str, PatternMatch]) -> None:
@@ -474,9 +553,11 @@ def _resolve_conflicts(matches: dict[str, PatternMatch]) -> None:
                 owner[int(j)] = (name, i, d)
             elif d < prev[2]:
                 matches[prev[0]].index[prev[1]] = -1
+                matches[prev[0]].distance[prev[1]] = np.nan
                 owner[int(j)] = (name, i, d)
             else:
                 pm.index[i] = -1
+                pm.distance[i] = np.nan
 
 
 def label_reference(
@@ -491,14 +572,9 @@ def label_reference(
     """
     dist_tol = 2 * tol.template_mm + 2 * tol.measured_mm
     radius = 2 * tol.template_mm + tol.measured_mm
-    out = {
-        name: match_pattern(
-            tpl, exam.xyz, dist_tol=dist_tol, radius=radius, coarse_radius=2.5 * radius
-        )
-        for name, tpl in definition.positions.items()
-    }
-    _resolve_conflicts(out)
-    return out
+    kw = {"dist_tol": dist_tol, "radius": radius, "coarse_radius": 2.5 * radius}
+    models = {name: (tpl, kw) for name, tpl in definition.positions.items()}
+    return _match_greedy(models, exam.xyz)
 
 
 def label_followup(
@@ -517,33 +593,31 @@ def label_followup(
     ``loose_search_mm`` from its expected place so that a bead which moved can
     be reported as loose rather than silently missing.
     """
-    matches: dict[str, PatternMatch] = {}
+    models: dict[str, tuple[np.ndarray, dict]] = {}
     for name, tpl in definition.positions.items():
         rm = ref_matches[name]
         seen = rm.index >= 0
-        model = tpl.copy()
-        if seen.any():
+        approx = 2 * tol.template_mm + tol.measured_mm
+        if seen.sum() >= 3:
+            model = tpl.copy()
             model[~seen] = rm.motion.apply(tpl[~seen])
             model[seen] = reference.xyz[rm.index[seen]]
-        approx = 2 * tol.template_mm + tol.measured_mm
-        matches[name] = match_pattern(
-            model,
-            exam.xyz,
-            dist_tol=max(2 * tol.measured_mm, tol.loose_mm),
-            radius=np.where(seen, 2 * tol.measured_mm, approx),
-            search_radius=np.where(seen, tol.loose_search_mm, approx),
-            seed_mask=seen,
-        )
-        if not seen.any() or (seen.sum() < 3):
+            kw = {
+                "dist_tol": max(2 * tol.measured_mm, tol.loose_mm),
+                "radius": np.where(seen, 2 * tol.measured_mm, approx),
+                "search_radius": np.where(seen, tol.loose_search_mm, approx),
+                "seed_mask": seen,
+            }
+        else:
             # Too few reference markers to seed a search: fall back on the file.
-            matches[name] = match_pattern(
-                tpl,
-                exam.xyz,
-                dist_tol=2 * tol.template_mm + 2 * tol.measured_mm,
-                radius=2 * tol.template_mm + tol.measured_mm,
-                coarse_radius=5 * tol.template_mm,
-            )
-    _resolve_conflicts(matches)
+            model = tpl
+            kw = {
+                "dist_tol": 2 * tol.template_mm + 2 * tol.measured_mm,
+                "radius": approx,
+                "coarse_radius": 2.5 * approx,
+            }
+        models[name] = (model, kw)
+    matches = _match_greedy(models, exam.xyz)
 
     labels: dict[str, SegmentLabels] = {}
     for name, tpl in definition.positions.items():
@@ -551,9 +625,13 @@ def label_followup(
         both = (ri >= 0) & (fi >= 0)
         loose = np.zeros(len(tpl), bool)
         change = np.full(len(tpl), np.nan)
+        disp = np.full(len(tpl), np.nan)
         if both.any():
-            keep, ch = consistent_core(reference.xyz[ri[both]], exam.xyz[fi[both]], tol.loose_mm)
+            keep, ch, dp = consistent_core(
+                reference.xyz[ri[both]], exam.xyz[fi[both]], tol.loose_mm
+            )
             loose[np.flatnonzero(both)[~keep]] = True
             change[both] = ch
-        labels[name] = SegmentLabels(name, tpl, ri, fi, loose, change)
+            disp[both] = dp
+        labels[name] = SegmentLabels(name, tpl, ri, fi, loose, change, disp)
     return labels
