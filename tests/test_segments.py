@@ -151,7 +151,7 @@ def test_consistent_core_with_three_markers_and_one_loose():
     ref = np.array([[0.0, 0, 0], [10, 0, 0], [0, 12, 0]])
     fu = ref.copy()
     fu[2] += [0, 1.0, 0]  # along the line to marker 0: that distance grows by 1 mm
-    keep, change = consistent_core(ref, fu, 0.25)
+    keep, change, _ = consistent_core(ref, fu, 0.25)
     assert keep.tolist() == [True, True, False]
     assert change[2] > 0.25 and change[0] < 0.25
 
@@ -161,8 +161,22 @@ def test_consistent_core_keeps_largest_agreeing_set():
     ref = rng.normal(0, 10, (7, 3))
     fu = ref.copy()
     fu[[1, 4]] += rng.normal(0, 1, (2, 3)) + 1.0
-    keep, _ = consistent_core(ref, fu, 0.25)
+    keep, _, _ = consistent_core(ref, fu, 0.25)
     assert keep.tolist() == [True, False, True, True, False, True, True]
+
+
+def test_bead_moving_across_its_mates_is_caught_by_the_fit():
+    # Marker 4 moves 0.6 mm normal to the plane of the others: its distances to
+    # them change by < 0.02 mm, far under the threshold, but no rigid motion
+    # of the segment explains its new place.
+    ref = np.array([[0.0, 0, 0], [20, 0, 0], [0, 20, 0], [20, 20, 0], [10, 10, 0]])
+    fu = ref.copy()
+    fu[4] += [0, 0, 0.6]
+    dd = np.abs(np.linalg.norm(ref[4] - ref[:4], axis=1) - np.linalg.norm(fu[4] - fu[:4], axis=1))
+    assert dd.max() < 0.02
+    keep, _, disp = consistent_core(ref, fu, 0.25)
+    assert keep.tolist() == [True, True, True, True, False]
+    assert disp[4] == pytest.approx(0.6, abs=1e-9)
 
 
 def test_too_few_markers_gives_no_match():
