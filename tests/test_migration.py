@@ -85,7 +85,7 @@ class Case:
         fu = self.reposition.apply(fu) + self.shift
         ref_keep = [i for i in range(14) if i not in ref_drop]
         fu_keep = [i for i in range(14) if i not in fu_drop]
-        extra = self.rng.normal(0, 25, (2 * strays, 3)) + [0, 0, 60]
+        extra = self.rng.normal(0, 25, (2 * strays, 3)) + np.array([0.0, 0.0, 60.0])
         ref, _ = self.result(np.vstack([allpts[ref_keep], extra[:strays]]))
         fol, _ = self.result(np.vstack([fu[fu_keep], extra[strays:]]))
         return ref, fol
@@ -225,7 +225,7 @@ def test_fewer_than_three_markers_gives_no_motion_and_retake():
 
 def test_collinear_segment_fails_condition_number():
     case = Case(10)
-    line = np.outer(np.linspace(-10, 10, 4), [0.6, 0.8, 0.0]) + [5.0, 10.0, 75.0]
+    line = np.outer(np.linspace(-10, 10, 4), [0.6, 0.8, 0.0]) + np.array([5.0, 10.0, 75.0])
     case.implant = np.vstack([line, case.implant[4:]])  # 4 collinear + 2 others
     case.segments["segments"]["implant"] = case.implant.tolist()
     ref, fu = case.exams(fu_drop=(12, 13))  # only the collinear ones remain

@@ -106,7 +106,7 @@ def test_condition_number_worked_example():
 
 
 def test_condition_number_is_infinite_for_collinear_or_too_few_markers():
-    line = np.outer(np.arange(5.0), [1.0, 2.0, -0.5]) + [3.0, -7.0, 100.0]
+    line = np.outer(np.arange(5.0), [1.0, 2.0, -0.5]) + np.array([3.0, -7.0, 100.0])
     assert condition_number(line) == np.inf
     assert condition_number(line[:2]) == np.inf
     assert condition_number(line[:1]) == np.inf

@@ -39,7 +39,7 @@ def _case(seed, *, strays=3):
     implant = _beads(rng, 6, 10, np.array([5.0, 10.0, 75.0]))
     reposition = Rotation.from_rotvec(rng.normal(size=3) / np.sqrt(3) * np.radians(35))
     shift = rng.uniform(-50, 50, 3)
-    extra = rng.normal(0, 25, (strays, 3)) + [0, 0, 60]
+    extra = rng.normal(0, 25, (strays, 3)) + np.array([0.0, 0.0, 60.0])
     return rng, bone, implant, reposition, shift, extra
 
 
