@@ -97,12 +97,16 @@ def _match(found, truth, tol=2.0):
 def test_centres_reach_the_cramer_rao_bound(photometric, quanta, rad):
     shape = (400, 500)
     truth, radii = grid_beads(shape, 40, rad, seed=int(quanta))
-    counts, bg = render_beads(shape, truth, radii, quanta=quanta, seed=3)
-    det = detect_markers(as_raw(counts, photometric), MarkerScale(2.0, 6.0))
-    j, ok = _match(det.rc, truth)
-    assert ok.all(), f"missed {np.count_nonzero(~ok)} beads"
-    assert len(det) == len(truth), "no false detections"
-    err = det.rc[j] - truth
+    errs, sigmas = [], []
+    for seed in range(3):  # pooled, so the RMS is known to about 5 %
+        counts, bg = render_beads(shape, truth, radii, quanta=quanta, seed=seed)
+        det = detect_markers(as_raw(counts, photometric), MarkerScale(2.0, 6.0))
+        j, ok = _match(det.rc, truth)
+        assert ok.all(), f"missed {np.count_nonzero(~ok)} beads"
+        assert len(det) == len(truth), "no false detections"
+        errs.append(det.rc[j] - truth)
+        sigmas.append(det.sigma_px[j])
+    err = np.concatenate(errs)
     rms = float(np.sqrt(np.mean(err**2)))
     # bound from the noiseless truth: fit the model to the expected image once
     clean, _ = render_beads(shape, truth, radii, quanta=quanta, noiseless=True)
@@ -119,4 +123,4 @@ def test_centres_reach_the_cramer_rao_bound(photometric, quanta, rad):
     crb_rms = float(np.sqrt(np.mean(crb**2)))
     assert rms <= 1.2 * crb_rms, (rms, crb_rms)
     # the per-marker uncertainty the detector reports is that bound, measured
-    assert 0.7 < np.sqrt(np.mean(det.sigma_px**2)) / crb_rms < 1.4
+    assert 0.8 < np.sqrt(np.mean(np.concatenate(sigmas) ** 2)) / crb_rms < 1.25

@@ -1,0 +1,253 @@
+"""Which detected blob is which cage marker.
+
+The station file says where tube and detector are meant to be, and how far
+off they may be on the day. Around that nominal geometry the projection of
+every cage marker is linearised in the nine physical parameters (focal spot,
+detector rotation and shift, in tolerance units), which bounds where each
+shadow can fall. Identification then alternates, in the spirit of iterative
+closest point (Besl & McKay, IEEE PAMI 1992) made robust by voting:
+
+1. *vote*: every (marker, blob) pair within a marker's search radius proposes
+   an image offset; the densest cluster of offsets (a Hough-style vote, as in
+   Ballard 1981) is the shift shared by a group of markers (markers at a
+   similar height move together when the tube or the detector is off);
+2. *fit*: the parameters are re-estimated by regularised linear least squares
+   from all pairs accepted so far (the prior is the stated tolerance);
+3. *assign*: every marker whose predicted position is now certain enough is
+   assigned to at most one blob by ``linear_sum_assignment`` (Kuhn-Munkres)
+   within a gate from the parameters' posterior covariance, and the fit is
+   repeated until the assignment is stable;
+4. repeat from 1 for the markers still unexplained (another height group).
+
+Blobs that are not cage markers (patient beads, noise) rarely agree with the
+pattern, and a missing marker simply stays unassigned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+
+from reconstruction.calibrate import N_PARAMS, PoseModel, casts_shadow, inside_image
+
+_BIG = 1e9
+
+
+@dataclass
+class Identification:
+    """Cage markers identified in one image.
+
+    Attributes
+    ----------
+    theta : ndarray (9,)
+        Physical parameters of the fitted pose (see :class:`PoseModel`).
+    marker_idx, det_idx : ndarray (k,)
+        Pairs: cage marker index -> detection index.
+    predicted_rc : ndarray (n_markers, 2)
+        Predicted shadow of every cage marker under the fitted pose (NaN when
+        it casts none).
+    """
+
+    theta: np.ndarray
+    marker_idx: np.ndarray
+    det_idx: np.ndarray
+    predicted_rc: np.ndarray
+
+
+def _block_norm(j: np.ndarray) -> np.ndarray:
+    """Spectral norm of each 2x3 block (n, 2, 3)."""
+    g = np.einsum("nij,nkj->nik", j, j)
+    tr = g[:, 0, 0] + g[:, 1, 1]
+    det = g[:, 0, 0] * g[:, 1, 1] - g[:, 0, 1] ** 2
+    return np.sqrt(0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0)))
+
+
+class _Linear:
+    """The linearised projection p(x) = p0 + J (x - x0), x in tolerance units."""
+
+    def __init__(self, model: PoseModel, xyz: np.ndarray, x0: np.ndarray):
+        self.x0 = x0
+        self.p0 = model.project(x0 * model.scale, xyz)
+        self.jac = model.jacobian(x0 * model.scale, xyz, scaled=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.p0 + self.jac @ (x - self.x0)
+
+
+def _fit(lin: _Linear, mk: np.ndarray, dets: np.ndarray, sigma: float):
+    """Regularised linear least squares (prior: x ~ N(0, I), the tolerance).
+
+    Returns the parameters and their posterior covariance, tolerance units.
+    """
+    j = lin.jac[mk].reshape(-1, N_PARAMS) / sigma
+    r = (dets - lin.p0[mk]).reshape(-1) / sigma
+    h = j.T @ j + np.eye(N_PARAMS)
+    dx = np.linalg.solve(h, j.T @ r - lin.x0)
+    return lin.x0 + dx, np.linalg.inv(h)
+
+
+def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
+    """Per-marker gate radius: k sigma of the prediction's largest axis plus a floor."""
+    jc = np.einsum("nij,jk->nik", lin.jac, cov)
+    g = np.einsum("nik,nlk->nil", jc, lin.jac)
+    tr = g[:, 0, 0] + g[:, 1, 1]
+    det = g[:, 0, 0] * g[:, 1, 1] - g[:, 0, 1] ** 2
+    lmax = 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0))
+    return k * np.sqrt(lmax) + floor
+
+
+def _assign(pred, gate, active, tree, det_rc, radius_ok):
+    """Unique marker->blob pairs within each marker's gate, by linear_sum_assignment."""
+    act = np.flatnonzero(active)
+    if len(act) == 0 or tree is None:
+        return np.zeros(0, int), np.zeros(0, int)
+    lists = tree.query_ball_point(pred[act], gate[act])
+    rows, cols = [], []
+    for a, ks in zip(act, lists, strict=True):
+        for k in ks:
+            if radius_ok is None or radius_ok(a, k):
+                rows.append(a)
+                cols.append(k)
+    if not rows:
+        return np.zeros(0, int), np.zeros(0, int)
+    rows, cols = np.array(rows), np.array(cols)
+    um, ri = np.unique(rows, return_inverse=True)
+    ud, ci = np.unique(cols, return_inverse=True)
+    cost = np.full((len(um), len(ud)), _BIG)
+    d2 = np.sum((pred[rows] - det_rc[cols]) ** 2, axis=1) / gate[rows] ** 2
+    cost[ri, ci] = d2
+    r, c = linear_sum_assignment(cost)
+    keep = cost[r, c] < _BIG
+    return um[r[keep]], ud[c[keep]]
+
+
+def identify(
+    model: PoseModel,
+    cage_xyz: np.ndarray,
+    det_rc: np.ndarray,
+    *,
+    sigma_px: float = 0.7,
+    det_radius: np.ndarray | None = None,
+    marker_radius: np.ndarray | None = None,
+    relinearise: bool = True,
+) -> Identification:
+    """Identify cage markers among detections, starting from the nominal geometry.
+
+    Parameters
+    ----------
+    model : PoseModel
+        Nominal view and tolerances.
+    cage_xyz : ndarray (n, 3)
+        Cage marker positions.
+    det_rc : ndarray (m, 2)
+        Detected blob centres (px).
+    sigma_px : float
+        Standard error of a blob centre plus the linearisation error (px);
+        sets the final gate (about 4 sigma).
+    det_radius, marker_radius : ndarray, optional
+        Fitted blob radii and expected shadow radii (px); when both are given a
+        blob can only be a marker of about its size (within a factor 1.6).
+    relinearise : bool
+        Re-linearise once at the solution and re-assign (exact to well under a
+        pixel even at the edge of the tolerance).
+    """
+    n = len(cage_xyz)
+    det = model.nominal.detector
+    shadow = casts_shadow(model.nominal, cage_xyz)
+    lin = _Linear(model, cage_xyz, np.zeros(N_PARAMS))
+    reach = (
+        _block_norm(lin.jac[:, :, 0:3])
+        + _block_norm(lin.jac[:, :, 3:6])
+        + _block_norm(lin.jac[:, :, 6:9])
+    )
+    reach = np.where(np.isfinite(reach), reach, 0) + 3 * sigma_px + 2
+    cand = shadow & inside_image(lin.p0, det, -reach) & np.all(np.isfinite(lin.p0), axis=1)
+    empty = Identification(np.zeros(N_PARAMS), np.zeros(0, int), np.zeros(0, int), lin.p0)
+    if len(det_rc) == 0 or not cand.any():
+        return empty
+    tree = cKDTree(det_rc)
+    radius_ok = None
+    if det_radius is not None and marker_radius is not None:
+
+        def radius_ok(a, k):
+            q = det_radius[k] / marker_radius[a]
+            return 0.6 < q < 1.6
+
+    # within-group spread of offsets: half the rotation's reach, at least a few px
+    rot = _block_norm(lin.jac[cand][:, :, 3:6])
+    bandwidth = max(3.0, 0.5 * float(np.median(rot))) + 2 * sigma_px
+    x = np.zeros(N_PARAMS)
+    cov = np.eye(N_PARAMS)
+    mk = np.zeros(0, int)
+    dk = np.zeros(0, int)
+    for _round in range(6):
+        pred = lin.predict(x)
+        gate = _gate(lin, cov, 3.0, 3 * sigma_px + 2)
+        matched = np.zeros(n, bool)
+        matched[mk] = True
+        used = np.zeros(len(det_rc), bool)
+        used[dk] = True
+        todo = np.flatnonzero(cand & ~matched)
+        if len(todo) == 0:
+            break
+        lists = tree.query_ball_point(pred[todo], gate[todo])
+        pm, pd = [], []
+        for a, ks in zip(todo, lists, strict=True):
+            for k in ks:
+                if not used[k] and (radius_ok is None or radius_ok(a, k)):
+                    pm.append(a)
+                    pd.append(k)
+        if len(pm) < 3:
+            break
+        pm, pd = np.array(pm), np.array(pd)
+        off = det_rc[pd] - pred[pm]
+        counts = cKDTree(off).query_ball_point(off, bandwidth, return_length=True)
+        # expected count from pairs scattered at random over the search discs
+        area = np.pi * np.mean(gate[todo] ** 2)
+        background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)
+        need = max(3.0, background + 4 * np.sqrt(background))
+        score = counts - np.linalg.norm(off, axis=1) / (gate[pm] + 1e-9)
+        best = int(np.argmax(score))
+        if counts[best] < need:
+            break
+        near = np.linalg.norm(off - off[best], axis=1) < bandwidth
+        # one blob per marker and one marker per blob: nearest to the peak offset
+        cost = np.full((n, len(det_rc)), _BIG)
+        cost[pm[near], pd[near]] = np.linalg.norm(off[near] - off[best], axis=1)
+        r, c = linear_sum_assignment(cost[np.ix_(np.unique(pm[near]), np.unique(pd[near]))])
+        um, ud = np.unique(pm[near]), np.unique(pd[near])
+        ok = cost[um[r], ud[c]] < _BIG
+        mk = np.r_[mk, um[r[ok]]]
+        dk = np.r_[dk, ud[c[ok]]]
+        if len(mk) < 3:
+            break
+        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
+        mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
+    if len(mk) >= 6 and relinearise:
+        lin = _Linear(model, cage_xyz, x)
+        mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
+    theta = x * model.scale
+    pred = model.project(theta, cage_xyz) if len(mk) else lin.p0
+    return Identification(theta, mk, dk, pred)
+
+
+def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate):
+    """Assign confidently predicted markers and refit until the assignment is stable."""
+    prev = None
+    mk = dk = np.zeros(0, int)
+    for _ in range(10):
+        pred = lin.predict(x)
+        gate = _gate(lin, cov, 3.0, 4 * sigma_px)
+        active = cand & (gate <= max_gate)
+        mk, dk = _assign(pred, gate, active, tree, det_rc, radius_ok)
+        if len(mk) < 3:
+            break
+        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
+        key = (tuple(mk), tuple(dk))
+        if key == prev:
+            break
+        prev = key
+    return mk, dk, x, cov
