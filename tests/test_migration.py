@@ -302,3 +302,112 @@ def test_bad_inputs_raise_one_line_input_errors(which, value, fragment):
     with pytest.raises(InputError) as exc:
         migrate(args["segments"], args["reference"], args["followup"])
     assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ----------------------------------------------------------------- the command
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "acquisition.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(p)
+
+
+def test_migrate_command_writes_the_contract_json(tmp_path):
+    case = Case(20, noise=0.01)
+    ref, fu = case.exams(strays=1)
+    out = tmp_path / "m.json"
+    run = _cli(
+        "migrate",
+        "--segments",
+        _write(tmp_path, "seg.json", case.segments),
+        _write(tmp_path, "ref.json", ref),
+        _write(tmp_path, "fu.json", fu),
+        "-o",
+        str(out),
+    )
+    assert run.returncode == 0, run.stderr
+    d = json.loads(out.read_text())
+    assert d["method"] == "consistent-marker" and set(d["motion"]) >= CONTRACT_MOTION_KEYS
+    assert all(set(s) >= CONTRACT_SEGMENT_KEYS for s in d["segments"].values())
+    np.testing.assert_allclose(
+        d["motion"]["translation_mm"], case.expected()["translation_mm"], atol=0.1
+    )
+    run = _cli(
+        "migrate",
+        "--method",
+        "all-marker",
+        "--segments",
+        str(tmp_path / "seg.json"),
+        str(tmp_path / "ref.json"),
+        str(tmp_path / "fu.json"),
+        "-o",
+        str(out),
+    )
+    assert run.returncode == 0 and json.loads(out.read_text())["method"] == "all-marker"
+
+
+def test_migrate_command_too_few_markers_still_exits_0(tmp_path):
+    case = Case(21)
+    ref, fu = case.exams(fu_drop=(8, 9, 10, 11))
+    out = tmp_path / "m.json"
+    run = _cli(
+        "migrate",
+        "--segments",
+        _write(tmp_path, "seg.json", case.segments),
+        _write(tmp_path, "ref.json", ref),
+        _write(tmp_path, "fu.json", fu),
+        "-o",
+        str(out),
+    )
+    assert run.returncode == 0, run.stderr
+    d = json.loads(out.read_text())
+    assert d["motion"] is None and d["qc"]["verdict"] == "retake"
+
+
+@pytest.mark.parametrize(
+    ("bad_file", "content", "fragment"),
+    [
+        ("seg.json", "{oops", "not valid JSON"),
+        ("ref.json", "[1, 2, 3]", "not a valid reconstruction result: expected a JSON object"),
+        ("fu.json", '{"views": {}}', "not a valid reconstruction result: missing key 'markers'"),
+        ("seg.json", '{"markers": []}', "not a valid segment file: missing key"),
+        ("nothere.json", None, "not found"),
+    ],
+)
+def test_migrate_command_bad_input_is_one_line_exit_2(tmp_path, bad_file, content, fragment):
+    case = Case(22)
+    ref, fu = case.exams()
+    files = {"seg.json": case.segments, "ref.json": ref, "fu.json": fu}
+    paths = {k: _write(tmp_path, k, v) for k, v in files.items()}
+    if content is not None:
+        _write(tmp_path, bad_file, content)
+    else:
+        paths["seg.json"] = str(tmp_path / bad_file)
+    out = tmp_path / "m.json"
+    run = _cli(
+        "migrate",
+        "--segments",
+        paths["seg.json"],
+        paths["ref.json"],
+        paths["fu.json"],
+        "-o",
+        str(out),
+    )
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert bad_file in lines[0] and fragment in lines[0] and "Traceback" not in run.stderr
+    assert not out.exists()
