@@ -1,0 +1,475 @@
+"""Physically based rendering of one radiograph (one tube, one detector).
+
+Signal chain, per pixel, in detected X-ray quanta:
+
+1. Primary: ``N0(p) * exp(-sum_i mu_i L_i(p))`` (Beer–Lambert), with the line
+   integrals ``L_i`` of every solid computed analytically
+   (:mod:`simulator.primitives`). Smooth bodies (soft tissue, bone) are
+   integrated on a coarse grid and upsampled bilinearly; metal implants at
+   full resolution inside their bounding boxes; markers (beads, cage markers)
+   in small windows, supersampled ``S x S`` per pixel and averaged in the
+   intensity domain (what a pixel integrates), then blurred by the focal-spot
+   penumbra of their own magnification, a Gaussian of FWHM
+   ``spot * (M - 1)`` (Bushberg et al., *The Essential Physics of Medical
+   Imaging*, 3rd ed., ch. 7).
+2. ``N0(p)``: open-field fluence at the detector centre, set by kV and mAs,
+   times the inverse square law and the obliquity ``cos`` of each pixel,
+   the heel effect (``exp(-k tan a)`` along the anode–cathode axis, a the
+   angle off the central ray) and the collimated field (soft edges).
+3. Bone texture: band-passed noise modulating the cancellous path length.
+4. Scatter: a low-passed copy of the primary weighted by the object's optical
+   depth (first-order scatter is proportional to the interacting fraction),
+   as in the convolution scatter models (Boone & Seibert, Med Phys 1988;
+   Love & Kruger, Med Phys 1987).
+5. Quantum noise: Poisson of the expected quanta (Gaussian approximation
+   above 30 quanta, exact Poisson below).
+6. Detector blur (scintillator light spread, Gaussian), read noise.
+7. Stored values: logarithmic (or linear) transfer to ``bits_stored`` bits,
+   MONOCHROME1 or MONOCHROME2, markers displayed bright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from reconstruction.geometry import ViewGeometry
+from simulator.materials import mu
+from simulator.primitives import Solid, sphere_chord
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Spherical markers (beads and cage markers): centres, radii, material."""
+
+    xyz_mm: np.ndarray  # (n, 3)
+    radius_mm: np.ndarray  # (n,)
+    material: str = "tantalum"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Physical and detector settings of one render.
+
+    The defaults are the project's clinical exposure: blur sigma 0.7 px,
+    scatter-to-primary above 0.5 behind the patient, open-field fluence set
+    by the technique (at most 5000 quanta per pixel for the default
+    techniques), bone texture on.
+    """
+
+    noiseless: bool = False
+    blur: bool = True
+    scatter: bool = True
+    texture: bool = True
+    supersample: int = 6
+    coarse_step: int = 2
+    detector_sigma_px: float = 0.7
+    focal_spot_mm: float = 1.0
+    read_noise_quanta: float = 3.0
+    scatter_weight: float = 0.45
+    scatter_sigma_mm: float = 35.0
+    heel_k: float = 1.0
+    texture_amplitude: float = 0.35
+    collimator_edge_mm: float = 2.0
+    collimation: float | None = None  # irradiated fraction of each detector side
+    dead_pixels: int = 0
+    bits_stored: int = 14
+    photometric: str = "MONOCHROME2"
+    transfer: str = "log"  # "log" | "linear"
+    saturation_quanta: float = 60000.0
+    include_markers: bool = True
+    keep_layers: bool = False
+
+
+@dataclass
+class RenderResult:
+    pixels: np.ndarray  # uint16 stored values
+    open_fluence: float  # quanta per pixel at the detector centre, open field
+    spr_behind_patient: float  # median scatter-to-primary where the patient is thick
+    collimation_px: tuple[int, int, int, int] | None
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def open_field_fluence(kv: float, mas: float, sid_mm: float) -> float:
+    """Detected quanta per 0.15 mm pixel in the open field at the detector centre.
+
+    Tube output grows about as kV^2 per mAs (Bushberg, ch. 6) and falls with
+    the inverse square of the distance; the constant puts 70 kV, 10 mAs at
+    1.5 m at about 4000 detected quanta per pixel (typical of 5 µGy at a CsI
+    panel with 0.15 mm pixels and a detection efficiency near 0.6).
+    """
+    return 400.0 * float(mas) * (float(kv) / 70.0) ** 2.0 * (1500.0 / float(sid_mm)) ** 2
+
+
+def _sample_positions(n_full: int, n_coarse: int) -> np.ndarray:
+    """Full-resolution coordinates of coarse samples matching cv2.resize INTER_LINEAR."""
+    s = n_full / n_coarse
+    return (np.arange(n_coarse) + 0.5) * s - 0.5
+
+
+def _ray_dirs(view: ViewGeometry, rows: np.ndarray, cols: np.ndarray, dtype=np.float32):
+    """Unit directions from the focus to pixel positions (rows x cols grid)."""
+    det = view.detector
+    u = det.row_cosines * det.pixel_spacing_mm[1]
+    v = det.column_cosines * det.pixel_spacing_mm[0]
+    base = det.origin_mm - view.focus_mm
+    p = base + cols[None, :, None] * u + rows[:, None, None] * v
+    n = np.sqrt(np.einsum("...i,...i->...", p, p))
+    return (p / n[..., None]).astype(dtype), n
+
+
+def _bbox(view: ViewGeometry, solid: Solid, shape, margin: float) -> tuple | None:
+    rc = view.project(solid.corners())
+    if not np.all(np.isfinite(rc)):
+        return 0, shape[0], 0, shape[1]
+    r0 = max(int(np.floor(rc[:, 0].min() - margin)), 0)
+    r1 = min(int(np.ceil(rc[:, 0].max() + margin)) + 1, shape[0])
+    c0 = max(int(np.floor(rc[:, 1].min() - margin)), 0)
+    c1 = min(int(np.ceil(rc[:, 1].max() + margin)) + 1, shape[1])
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return r0, r1, c0, c1
+
+
+def _coarse_index_bbox(bb, rpos, cpos):
+    r0, r1, c0, c1 = bb
+    i0 = max(int(np.searchsorted(rpos, r0)) - 1, 0)
+    i1 = min(int(np.searchsorted(rpos, r1)) + 1, len(rpos))
+    j0 = max(int(np.searchsorted(cpos, c0)) - 1, 0)
+    j1 = min(int(np.searchsorted(cpos, c1)) + 1, len(cpos))
+    return i0, i1, j0, j1
+
+
+def line_integrals(
+    view: ViewGeometry, solids: list[Solid], kv: float, step: int
+) -> dict[str, np.ndarray]:
+    """Optical depth of the smooth (non-metal) and metal solids on a coarse grid.
+
+    Returns ``tau`` (non-metal), ``tau_metal``, ``tau_patient`` (non-metal,
+    patient only) and ``cancellous`` (path length in cancellous bone, mm), each
+    of shape ``(ceil(rows/step), ceil(cols/step))``, plus the sample positions.
+    """
+    det = view.detector
+    h, w = -(-det.rows // step), -(-det.columns // step)
+    rpos, cpos = _sample_positions(det.rows, h), _sample_positions(det.columns, w)
+    dirs, _ = _ray_dirs(view, rpos, cpos)
+    out = {k: np.zeros((h, w), np.float32) for k in ("tau", "tau_metal", "tau_patient", "canc")}
+    for s in solids:
+        bb = _bbox(view, s, (det.rows, det.columns), 2 * step)
+        if bb is None:
+            continue
+        i0, i1, j0, j1 = _coarse_index_bbox(bb, rpos, cpos)
+        length = s.chord(view.focus_mm, dirs[i0:i1, j0:j1])
+        m = np.float32(s.mu(kv))
+        if s.is_metal:
+            out["tau_metal"][i0:i1, j0:j1] += m * length
+            continue
+        out["tau"][i0:i1, j0:j1] += m * length
+        if s.group == "patient":
+            out["tau_patient"][i0:i1, j0:j1] += m * length
+        if s.material == "cancellous":
+            out["canc"][i0:i1, j0:j1] += length
+        elif s.displaces == "cancellous":
+            out["canc"][i0:i1, j0:j1] -= length
+    out["rpos"], out["cpos"] = rpos, cpos
+    return out
+
+
+def metal_full(view: ViewGeometry, solids: list[Solid], kv: float, tau: np.ndarray) -> None:
+    """Add the metal solids' optical depth at full resolution, in their boxes (in place)."""
+    det = view.detector
+    for s in solids:
+        if not s.is_metal:
+            continue
+        bb = _bbox(view, s, tau.shape, 2)
+        if bb is None:
+            continue
+        r0, r1, c0, c1 = bb
+        dirs, _ = _ray_dirs(view, np.arange(r0, r1, dtype=float), np.arange(c0, c1, dtype=float))
+        tau[r0:r1, c0:c1] += np.float32(s.mu(kv)) * s.chord(view.focus_mm, dirs)
+    del det
+
+
+def _gauss_matrix(size: int, sigma: np.ndarray) -> np.ndarray:
+    """Per-marker (n, size, size) Gaussian convolution matrices (rows sum to 1)."""
+    idx = np.arange(size)
+    diff = (idx[:, None] - idx[None, :]).astype(float)
+    sig = np.maximum(sigma, 1e-3)[:, None, None]
+    k = np.exp(-0.5 * (diff[None] / sig) ** 2)
+    return k / k.sum(axis=2, keepdims=True)
+
+
+def marker_windows(
+    view: ViewGeometry,
+    markers: Markers,
+    kv: float,
+    supersample: int,
+    focal_spot_mm: float,
+    blur: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transmission of each marker in a window around its projection.
+
+    Returns ``(top_left (n, 2) int, windows (n, W, W) float32, centres (n, 2))``.
+    Rays are traced exactly through each sphere at ``S x S`` points per pixel;
+    the transmitted intensity is averaged over them (a pixel integrates
+    intensity, not optical depth), which also renders the partial-volume rim.
+    """
+    xyz = np.asarray(markers.xyz_mm, float).reshape(-1, 3)
+    n = len(xyz)
+    det = view.detector
+    if n == 0:
+        return np.zeros((0, 2), int), np.zeros((0, 1, 1), np.float32), np.zeros((0, 2))
+    centres = view.project(xyz)
+    f = view.focus_mm
+    sp = float(det.pixel_spacing_mm.min())
+    dist_obj = np.linalg.norm(xyz - f, axis=1)
+    hit = det.pixel_to_world(centres)
+    dist_img = np.linalg.norm(hit - f, axis=1)
+    mag = dist_img / dist_obj
+    cosg = np.abs(((hit - f) / dist_img[:, None]) @ det.normal)
+    r_px = markers.radius_mm * mag / sp / np.maximum(cosg, 0.3)
+    sig_fs = (focal_spot_mm * (mag - 1.0) / 2.3548 / sp) if blur else np.zeros(n)
+    half = int(np.ceil(np.nanmax(r_px) + 2 + 3 * np.nanmax(sig_fs)))
+    size = 2 * half + 1
+    top = np.round(np.nan_to_num(centres, nan=-1e6)).astype(int) - half
+    s = supersample
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    grid = np.arange(size)
+    rows = (top[:, 0, None, None] + grid[None, :, None] + sub[None, None, :]).reshape(n, -1)
+    cols = (top[:, 1, None, None] + grid[None, :, None] + sub[None, None, :]).reshape(n, -1)
+    u = det.row_cosines * det.pixel_spacing_mm[1]
+    v = det.column_cosines * det.pixel_spacing_mm[0]
+    base = det.origin_mm - f
+    # p[n, R, C, 3] over the supersampled window
+    p = base + rows[:, :, None, None] * v + cols[:, None, :, None] * u
+    p /= np.sqrt(np.einsum("...i,...i->...", p, p))[..., None]
+    mus = mu(markers.material, kv)
+    out = np.empty((n, size, size), np.float64)
+    for i in range(n):
+        length = sphere_chord(xyz[i], float(markers.radius_mm[i]), f, p[i])
+        t = np.exp(-mus * length)
+        out[i] = t.reshape(size, s, size, s).mean(axis=(1, 3))
+    if blur and np.any(sig_fs > 0.05):
+        k = _gauss_matrix(size, sig_fs)
+        out = 1.0 - k @ (1.0 - out) @ np.transpose(k, (0, 2, 1))
+    return top, out.astype(np.float32), centres
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Trabecular-like texture: band-passed white noise (0.3–1 mm), unit std."""
+    h, w = shape[0] // 2, shape[1] // 2
+    z = rng.standard_normal((h, w), dtype=np.float32)
+    a = cv2.GaussianBlur(z, (0, 0), 0.8)
+    b = cv2.GaussianBlur(z, (0, 0), 2.5)
+    t = a - b
+    t /= max(float(t.std()), 1e-6)
+    return cv2.resize(t, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _fluence_field(
+    view: ViewGeometry,
+    nominal: ViewGeometry,
+    rpos: np.ndarray,
+    cpos: np.ndarray,
+    opts: RenderOptions,
+) -> np.ndarray:
+    """Relative open-field fluence (1 at the detector centre) on the coarse grid."""
+    det = view.detector
+    dirs, dist = _ray_dirs(view, rpos, cpos, np.float64)
+    n = det.normal
+    centre = det.center_mm - view.focus_mm
+    d0 = np.linalg.norm(centre)
+    c_hat = centre / d0
+    cos_g = np.abs(dirs @ n)
+    cos0 = abs(c_hat @ n)
+    rel = (d0 / dist) ** 2 * (cos_g / cos0)
+    # Heel effect along the anode–cathode axis (taken along the detector columns).
+    axis = det.column_cosines - (det.column_cosines @ c_hat) * c_hat
+    axis /= np.linalg.norm(axis)
+    tan_a = (dirs @ axis) / (dirs @ c_hat)
+    rel *= np.exp(-opts.heel_k * tan_a)
+    if opts.collimation is not None:
+        rel *= _collimator(view, nominal, dirs, opts)
+    return rel.astype(np.float32)
+
+
+def _collimator(view, nominal, dirs, opts) -> np.ndarray:
+    """Field of a rectangular collimator fixed to the tube (soft edges).
+
+    The field is a fraction of the nominal detector, centred on it, as seen
+    from the nominal focus; on the day the collimator travels with the tube.
+    """
+    from scipy.special import erf
+
+    nd = nominal.detector
+    nrm = nd.normal
+    # Ray from the actual focus, shifted onto the nominal focus, hits the nominal plane.
+    h = (nd.origin_mm - nominal.focus_mm) @ nrm
+    s = h / (dirs @ nrm)
+    q = nominal.focus_mm + s[..., None] * dirs
+    rc = nd.world_to_pixel(q)
+    frac = float(opts.collimation)
+    sp = nd.pixel_spacing_mm
+    half_r = frac * nd.rows * sp[0] / 2
+    half_c = frac * nd.columns * sp[1] / 2
+    yr = (rc[..., 0] - (nd.rows - 1) / 2) * sp[0]
+    yc = (rc[..., 1] - (nd.columns - 1) / 2) * sp[1]
+    e = opts.collimator_edge_mm * np.sqrt(2)
+
+    def edge(x, half):
+        return 0.25 * (1 + erf((x + half) / e)) * (1 + erf((half - x) / e))
+
+    return edge(yr, half_r) * edge(yc, half_c)
+
+
+def collimated_box(view: ViewGeometry, nominal: ViewGeometry, frac: float | None):
+    """Pixel box ``(r0, r1, c0, c1)`` of the irradiated field, or None if open."""
+    if frac is None:
+        return None
+    det = view.detector
+    opts = RenderOptions(collimation=frac, collimator_edge_mm=1e-3)
+    rpos = np.arange(det.rows, dtype=float)
+    cpos = np.arange(det.columns, dtype=float)
+    mid_r = np.array([(det.rows - 1) / 2])
+    mid_c = np.array([(det.columns - 1) / 2])
+    along_r = _collimator(view, nominal, _ray_dirs(view, rpos, mid_c, np.float64)[0], opts)
+    along_c = _collimator(view, nominal, _ray_dirs(view, mid_r, cpos, np.float64)[0], opts)
+    rr = np.flatnonzero(along_r[:, 0] > 0.5)
+    cc = np.flatnonzero(along_c[0] > 0.5)
+    if len(rr) == 0 or len(cc) == 0:
+        return (0, -1, 0, -1)
+    return int(rr[0]), int(rr[-1]), int(cc[0]), int(cc[-1])
+
+
+def poisson_noise(lam: np.ndarray, rng: np.random.Generator, threshold: float = 30.0):
+    """Poisson samples of ``lam`` (float32): Gaussian approximation above ``threshold``."""
+    z = rng.standard_normal(lam.shape, dtype=np.float32)
+    out = lam + np.sqrt(lam) * z
+    low = np.flatnonzero(lam.ravel() < threshold)
+    if low.size:
+        out.ravel()[low] = rng.poisson(lam.ravel()[low]).astype(np.float32)
+    return out
+
+
+def to_stored(signal: np.ndarray, opts: RenderOptions) -> np.ndarray:
+    """Detector output (quanta) to stored values; markers end up bright when displayed."""
+    top = float((1 << opts.bits_stored) - 1)
+    sat = opts.saturation_quanta
+    if opts.transfer == "log":
+        floor = 0.5
+        g = top / np.log(sat / floor)
+        x = np.log(np.clip(signal, floor, sat) / floor) * np.float32(g)  # 0..top, up with dose
+    elif opts.transfer == "linear":
+        x = np.clip(signal, 0, sat) * np.float32(top / sat)
+    else:
+        raise ValueError(f"transfer: expected 'log' or 'linear', got {opts.transfer!r}")
+    if opts.photometric == "MONOCHROME2":
+        x = top - x  # more attenuation -> higher value -> displayed bright
+    elif opts.photometric != "MONOCHROME1":
+        raise ValueError(
+            f"photometric: expected MONOCHROME1 or MONOCHROME2, got {opts.photometric!r}"
+        )
+    return np.rint(x).astype(np.uint16)
+
+
+def stored_to_quanta(stored: np.ndarray, opts: RenderOptions) -> np.ndarray:
+    """Inverse of :func:`to_stored` (up to quantisation): detected quanta."""
+    top = float((1 << opts.bits_stored) - 1)
+    x = stored.astype(np.float64)
+    if opts.photometric == "MONOCHROME2":
+        x = top - x
+    if opts.transfer == "log":
+        floor = 0.5
+        g = top / np.log(opts.saturation_quanta / floor)
+        return floor * np.exp(x / g)
+    return x * (opts.saturation_quanta / top)
+
+
+def render_view(
+    view: ViewGeometry,
+    nominal: ViewGeometry,
+    solids: list[Solid],
+    markers: Markers,
+    technique: dict,
+    opts: RenderOptions,
+    rng: np.random.Generator,
+) -> RenderResult:
+    """Render one radiograph; see the module docstring for the signal chain."""
+    det = view.detector
+    kv, mas = float(technique["kv"]), float(technique["mas"])
+    shape = (det.rows, det.columns)
+    rng_tex, rng_noise, rng_dead = rng.spawn(3)
+
+    lay = line_integrals(view, solids, kv, opts.coarse_step)
+    h = lay["tau"].shape[0]
+    up = lambda a: cv2.resize(a, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)  # noqa: E731
+
+    tau = up(lay["tau"])
+    if opts.texture:
+        canc = up(np.maximum(lay["canc"], 0))
+        tau += (
+            canc
+            * (np.float32(mu("cancellous", kv) * opts.texture_amplitude))
+            * _texture(rng_tex, shape)
+        )
+    metal_full(view, solids, kv, tau)
+    transmission = np.exp(-tau)
+
+    if opts.include_markers and len(markers.xyz_mm):
+        top, win, _ = marker_windows(
+            view, markers, kv, opts.supersample, opts.focal_spot_mm, opts.blur
+        )
+        size = win.shape[1]
+        for (r0, c0), t in zip(top, win, strict=True):
+            ra, ca = max(r0, 0), max(c0, 0)
+            rb, cb = min(r0 + size, shape[0]), min(c0 + size, shape[1])
+            if ra < rb and ca < cb:
+                transmission[ra:rb, ca:cb] *= t[ra - r0 : rb - r0, ca - c0 : cb - c0]
+
+    centre_dist = float(np.linalg.norm(det.center_mm - view.focus_mm))
+    n_open = open_field_fluence(kv, mas, centre_dist)
+    rel = _fluence_field(view, nominal, lay["rpos"], lay["cpos"], opts)
+    primary = up(rel * np.float32(n_open)) * transmission
+
+    layers: dict[str, np.ndarray] = {}
+    spr = 0.0
+    expected = primary
+    if opts.scatter:
+        tau_all = lay["tau"] + lay["tau_metal"]
+        prim_c = rel * np.float32(n_open) * np.exp(-tau_all)
+        src = prim_c * lay["tau_patient"]
+        sigma = opts.scatter_sigma_mm / (det.pixel_spacing_mm.mean() * (det.rows / h))
+        scat_c = np.float32(opts.scatter_weight) * cv2.GaussianBlur(
+            src, (0, 0), sigma, borderType=cv2.BORDER_REFLECT
+        )
+        thick = lay["tau_patient"] > 1.0
+        if np.any(thick):
+            spr = float(np.median(scat_c[thick] / np.maximum(prim_c[thick], 1e-6)))
+        scatter = up(scat_c)
+        expected = primary + scatter
+        if opts.keep_layers:
+            layers["scatter"] = scatter
+    if opts.keep_layers:
+        layers["primary"] = primary
+        layers["tau_patient_coarse"] = lay["tau_patient"]
+
+    signal = expected if opts.noiseless else poisson_noise(expected, rng_noise)
+    if opts.blur and opts.detector_sigma_px > 0:
+        signal = cv2.GaussianBlur(signal, (0, 0), opts.detector_sigma_px)
+    if not opts.noiseless and opts.read_noise_quanta > 0:
+        signal = signal + np.float32(opts.read_noise_quanta) * rng_noise.standard_normal(
+            shape, dtype=np.float32
+        )
+    pixels = to_stored(signal, opts)
+    if opts.dead_pixels:
+        idx = rng_dead.choice(pixels.size, size=int(opts.dead_pixels), replace=False)
+        pixels.ravel()[idx] = rng_dead.choice([0, (1 << opts.bits_stored) - 1], size=idx.size)
+    return RenderResult(
+        pixels=pixels,
+        open_fluence=n_open,
+        spr_behind_patient=spr,
+        collimation_px=collimated_box(view, nominal, opts.collimation),
+        layers=layers,
+    )
