@@ -81,6 +81,18 @@ def _in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
     return v / np.linalg.norm(v) * radius * rng.uniform(0, 1) ** (1 / 3)
 
 
+def random_pose(
+    phantom: Phantom, rng: np.random.Generator, max_deg: float, max_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A repositioning ``x -> R x + t``: a turn about the beads' centroid and a shift.
+
+    Turning about the centroid keeps the region of interest in the field.
+    """
+    rot = _random_rotation(rng, max_deg)
+    centre = np.mean([b.xyz_mm for b in phantom.beads], axis=0)
+    return rot, _in_ball(rng, max_mm) + centre - rot @ centre
+
+
 def geometry_on_the_day(station: Station, rng: np.random.Generator) -> dict[str, ViewGeometry]:
     """Each view off its nominal set-up within 90% of the station tolerances.
 
@@ -266,8 +278,9 @@ def simulate_exam(
     phantom : Phantom, optional
         A given patient (series); default: the region's phantom laid out by ``seed``.
     patient_pose : (R, t), optional
-        Rigid positioning applied to ``phantom`` (the cage stays); default: a
-        small random repositioning when ``reposition`` is true.
+        Rigid positioning ``x -> R x + t`` applied to ``phantom`` (the cage
+        stays); default: a small random repositioning (up to 2 degrees about the
+        beads' centroid and 4 mm) when ``reposition`` is true.
     render_options : RenderOptions, optional
         Full control of the physics (overrides the switches above where set).
     views : tuple of str
@@ -298,13 +311,9 @@ def simulate_exam(
     if phantom is None:
         phantom = _lay_out_beads(region, cage_kind, seed, station, cage_xyz)
     if patient_pose is None and reposition:
-        prng = rng_for(seed, "pose")
-        patient_pose = (_random_rotation(prng, 2.0), _in_ball(prng, 4.0))
+        patient_pose = random_pose(phantom, rng_for(seed, "pose"), 2.0, 4.0)
     if patient_pose is not None:
-        rot, trans = patient_pose
-        centre = np.mean([b.xyz_mm for b in phantom.beads], axis=0)
-        # Rotate about the beads' centroid so that the region stays in the field.
-        phantom = phantom.moved(rot, trans + centre - rot @ centre)
+        phantom = phantom.moved(*patient_pose)
 
     trng = rng_for(seed, "technique")
     preset = DEFAULT_TECHNIQUE[region]
