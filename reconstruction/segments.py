@@ -243,6 +243,7 @@ def match_pattern(
     coarse_radius: np.ndarray | float | None = None,
     search_radius: np.ndarray | float | None = None,
     seed_mask: np.ndarray | None = None,
+    prior: RigidMotion | None = None,
     max_triplets: int = 400,
 ) -> PatternMatch:
     """Find a rigid model's markers among unlabelled scene markers by their distance pattern.
@@ -271,6 +272,12 @@ def match_pattern(
         Only these model markers form hypothesis triplets and count in the
         score (e.g. the precisely measured ones); the others are only
         assigned at the end.
+    prior : RigidMotion, optional
+        Expected motion (identity for the exam the segment file was made in;
+        the bone's motion for an implant that migrates little). Among
+        hypotheses that match equally many markers the one nearest to it
+        wins: this resolves symmetric marker patterns, which distances alone
+        cannot.
     max_triplets : int
         Cap on model triplets tried when the pattern is not found complete.
 
@@ -299,12 +306,31 @@ def match_pattern(
         np.linalg.norm(np.cross(model[b] - model[a], model[c] - model[a])) for a, b, c in triplets
     ]
     order = np.argsort(area)[::-1]
-    best_score = (-1, np.inf)
+    best_key = (1, np.inf)  # (-count, tie-break): lower is better
     best_motion: RigidMotion | None = None
     best_inliers = np.zeros(k, bool)
     target = min(len(seed_idx), m)
+    seed_model = model[seeds]
+
+    def evaluate(R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        moved = np.einsum("hij,kj->hki", R, seed_model) + t[:, None, :]  # (h, s, 3)
+        d = np.linalg.norm(moved[:, :, None, :] - scene[None, None, :, :], axis=-1).min(axis=2)
+        inl = d <= coarse[seeds][None, :]
+        if prior is None:
+            tie = np.where(inl, d, 0.0).sum(axis=1)
+        else:
+            tie = np.linalg.norm(moved - prior.apply(seed_model)[None], axis=-1).mean(axis=1)
+        return inl, inl.sum(axis=1), tie
+
+    if prior is not None:
+        inl, count, tie = evaluate(prior.R[None], prior.t[None])
+        if count[0] >= 3:
+            best_key, best_motion = (-int(count[0]), float(tie[0])), prior
+            best_inliers[seed_idx[inl[0]]] = True
     tried = 0
     for ti in order:
+        if best_key[0] <= -target and (prior is None or best_key[1] < float(coarse.max())):
+            break
         tri = triplets[ti]
         if area[ti] < 1e-6:
             continue
@@ -319,20 +345,15 @@ def match_pattern(
             continue
         src = np.broadcast_to(model[list(tri)], (len(hyp), 3, 3))
         R, t = fit_rigid_batch(src, scene[hyp])
-        moved = np.einsum("hij,kj->hki", R, model[seeds]) + t[:, None, :]  # (h, s, 3)
-        d = np.linalg.norm(moved[:, :, None, :] - scene[None, None, :, :], axis=-1).min(axis=2)
-        inl = d <= coarse[seeds][None, :]
-        count = inl.sum(axis=1)
-        resid = np.where(inl, d, 0.0).sum(axis=1)
-        h = int(np.lexsort((resid, -count))[0])
-        score = (int(count[h]), float(resid[h]))
-        if score[0] > best_score[0] or (score[0] == best_score[0] and score[1] < best_score[1]):
-            best_score = score
+        inl, count, tie = evaluate(R, t)
+        h = int(np.lexsort((tie, -count))[0])
+        key = (-int(count[h]), float(tie[h]))
+        if key < best_key:
+            best_key = key
             best_motion = RigidMotion(R[h], t[h])
             best_inliers = np.zeros(k, bool)
             best_inliers[seed_idx[inl[h]]] = True
-            if score[0] >= target:
-                break
+    best_score = (-best_key[0], best_key[1])
     if best_motion is None or best_score[0] < 3:
         return none
 
@@ -503,7 +524,9 @@ class SegmentLabels:
 
 
 def _match_greedy(
-    models: dict[str, tuple[np.ndarray, dict]], scene: np.ndarray
+    models: dict[str, tuple[np.ndarray, dict]],
+    scene: np.ndarray,
+    prior: RigidMotion | None = None,
 ) -> dict[str, PatternMatch]:
     """Match several segments in one exam without letting two claim one marker.
 
@@ -511,7 +534,9 @@ def _match_greedy(
     commits the strongest match (most markers, then smallest mean distance);
     its markers are then unavailable to the others. A wrong hypothesis for a
     segment with few visible markers can otherwise borrow markers of a
-    well-seen segment.
+    well-seen segment. Without a ``prior``, the first committed segment's
+    motion becomes the prior of the others (segments of one patient move
+    together, apart from the migration or joint motion being measured).
     """
     free = np.ones(len(scene), bool)
     out: dict[str, PatternMatch] = {}
@@ -524,7 +549,7 @@ def _match_greedy(
         best_name, best, best_key = None, None, None
         for name in todo:
             model, kw = models[name]
-            pm = match_pattern(model, scene[sub], **kw)
+            pm = match_pattern(model, scene[sub], prior=prior, **kw)
             ok = pm.index >= 0
             pm.index[ok] = sub[pm.index[ok]]
             key = (-pm.count, float(np.nanmean(pm.distance)) if pm.count else np.inf)
@@ -536,6 +561,8 @@ def _match_greedy(
         firm = (best.index >= 0) & (best.distance <= firm_radius[best_name])
         free[best.index[firm]] = False
         todo.remove(best_name)
+        if prior is None and best.count >= 3:
+            prior = best.motion
     _resolve_conflicts(out)
     return out
 
@@ -574,7 +601,8 @@ def label_reference(
     radius = 2 * tol.template_mm + tol.measured_mm
     kw = {"dist_tol": dist_tol, "radius": radius, "coarse_radius": 2.5 * radius}
     models = {name: (tpl, kw) for name, tpl in definition.positions.items()}
-    return _match_greedy(models, exam.xyz)
+    # The segment file is in this exam's frame: the expected motion is none.
+    return _match_greedy(models, exam.xyz, RigidMotion.identity())
 
 
 def label_followup(

@@ -140,6 +140,23 @@ def test_exact_recovery_with_missing_extra_and_loose_beads(seed):
     assert bone["excluded"] == []
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_symmetric_implant_pattern_is_labelled_by_its_expected_pose(seed):
+    """A regular pentagon of beads matches itself in 10 ways by distances alone."""
+    case = Case(300 + seed, migration_deg=1.0, migration_mm=0.5, reposition_deg=40)
+    ang = np.radians(np.arange(5) * 72.0)
+    pentagon = np.stack([10 * np.cos(ang), 10 * np.sin(ang), np.zeros(5)], axis=1)
+    case.implant = np.vstack([pentagon + np.array([5.0, 10.0, 75.0]), case.implant[5:]])[:5]
+    # Keep the segment file a square 0.3 mm off the truth, as a careful user would.
+    case.segments["segments"]["implant"] = (case.implant + 0.3 / np.sqrt(3)).tolist()
+    allpts_ref = np.vstack([case.bone, case.implant])
+    fu = case.reposition.apply(np.vstack([case.bone, case.implant_followup_in_ref()]))
+    ref, _ = case.result(allpts_ref)
+    fol, _ = case.result(fu + case.shift)
+    d = migrate(case.segments, ref, fol).to_dict()
+    _assert_motion(d, case.expected(), 1e-9, 1e-9)
+
+
 def test_relative_motion_is_the_contract_composition():
     """Bring the follow-up onto the reference segment, then fit the moving segment."""
     case = Case(7, noise=0.02)
