@@ -13,8 +13,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 from test_detect_synthetic import as_raw, render_beads
 
-from reconstruction.calibrate import PoseModel, calibrate, casts_shadow, inside_image
 from reconstruction.cage_id import identify
+from reconstruction.calibrate import PoseModel, calibrate, casts_shadow, inside_image
 from reconstruction.detect import MarkerScale, detect_markers
 from reconstruction.geometry import Cage, CageMarker, Detector, Station, Tolerance, ViewGeometry
 
