@@ -64,7 +64,7 @@ def test_still_patient_passes_with_micrometre_accuracy(still):
     res = reconstruct(station, cage, images)
     out = res.to_dict()
     assert out["qc"]["verdict"] == "pass", out["qc"]
-    got, j, dist = _assoc(res, beads)
+    _got, j, dist = _assoc(res, beads)
     assert np.all(dist < 0.1), "no false markers"
     assert len(set(j.tolist())) == len(j)
     both = np.ones(len(beads), bool)
@@ -91,7 +91,7 @@ def test_still_patient_passes_with_micrometre_accuracy(still):
 
 
 def test_photometric_interpretation_is_honoured(still):
-    station, cage, truth, beads, images = still
+    station, cage, _truth, _beads, images = still
     flipped = {}
     for v, img in images.items():
         top = (1 << img.bits_stored) - 1
@@ -111,7 +111,7 @@ def test_photometric_interpretation_is_honoured(still):
 
 @pytest.mark.parametrize("seed", [4, 5])
 def test_patient_moving_1mm_between_exposures_is_sent_back(seed):
-    station, cage, truth, beads, images = exam(seed, motion_mm=1.0)
+    station, cage, _truth, _beads, images = exam(seed, motion_mm=1.0)
     out = reconstruct(station, cage, images).to_dict()
     assert out["qc"]["verdict"] == "retake"
     crossing = next(c for c in out["qc"]["checks"] if c["code"] == "crossing_error")
