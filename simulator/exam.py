@@ -244,6 +244,7 @@ def simulate_exam(
     reposition: bool = True,
     render_options: RenderOptions | None = None,
     views: tuple[str, ...] = ("A", "B"),
+    exposure_seed: int | None = None,
 ) -> SimulatedExam:
     """Render a stereo exam of ``region`` with ground truth.
 
@@ -285,6 +286,10 @@ def simulate_exam(
         Full control of the physics (overrides the switches above where set).
     views : tuple of str
         Views to render (the virtual detectors render only the tubes that fired).
+    exposure_seed : int, optional
+        Seeds the texture and noise apart from ``seed``, so that repeated
+        exposures of the same set-up (same geometry on the day, same patient)
+        differ only in their noise.
     """
     if region not in REGIONS:
         raise InputError(f"region: expected one of {', '.join(REGIONS)}, got {region!r}")
@@ -356,7 +361,10 @@ def simulate_exam(
         )
         res = None
         if name in views:
-            res = render_view(view, nominal, solids, markers, tech[name], opts, rng_for(seed, name))
+            extra = () if exposure_seed is None else (int(exposure_seed) & 0xFFFFFFFF,)
+            res = render_view(
+                view, nominal, solids, markers, tech[name], opts, rng_for(seed, name, *extra)
+            )
         field_px = res.collimation_px if res is not None else None
         rc, ok = visibility(view, markers.xyz_mm, ph.metal, field_px)
         img[name], vis[name] = rc, ok
