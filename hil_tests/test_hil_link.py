@@ -17,7 +17,7 @@ def test_one_percent_corruption_500_cycles_every_exposure_reported_once(board_ur
     board.ctl.close()
     t0 = time.monotonic()
     # more patient retries: 1 % of bytes corrupted loses ~1 frame in 4
-    with open_board(board_url, retries=10, ack_timeout=0.03, command_timeout=5.0) as b:
+    with open_board(board_url, retries=10, ack_timeout=0.015, command_timeout=5.0) as b:
         ctl = b.ctl
         b.set_both(kv=60, ma=10, ms=10)
         first = ctl.status().last_exposure_id + 1

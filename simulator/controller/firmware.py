@@ -520,7 +520,13 @@ class Firmware:
         if self.session is not None:
             self.last_rx = self.now  # any valid frame feeds the watchdog
         if frame.type == P.MsgType.EVT_ACK:
-            self.evt_pending.pop(frame.seq, None)
+            if self.evt_pending.pop(frame.seq, None) is not None:
+                # fast retransmit: a later event arrived, so earlier unacknowledged
+                # ones were lost; re-send them now rather than at the retry timer
+                for seq, p in self.evt_pending.items():
+                    if ((frame.seq - seq) & 0xFFFF) < 0x8000 and self.now > p[2]:
+                        p[2] = self.now
+                        self._send(p[0], seq, p[1])
             return
         if frame.type >= 0x80:
             return  # board-to-host type from the host: ignore
