@@ -32,7 +32,7 @@ REGIONS = ("spine", "upper", "lower")
 DEFAULT_CAGE = {"spine": "biplanar", "upper": "biplanar", "lower": "uniplanar"}
 # Set technique per region (per tube): kV, mA, ms.
 DEFAULT_TECHNIQUE = {
-    "spine": {"kv": 85.0, "ma": 250.0, "ms": 40.0},
+    "spine": {"kv": 85.0, "ma": 200.0, "ms": 40.0},
     "upper": {"kv": 70.0, "ma": 250.0, "ms": 40.0},
     "lower": {"kv": 65.0, "ma": 200.0, "ms": 50.0},
 }
@@ -412,23 +412,21 @@ def spine(rng: np.random.Generator) -> Phantom:
 
     beads: list[Bead] = []
     for seg, zc in (("L4", 0.5 * pitch), ("L5", -0.5 * pitch)):
-        screws = [_near_axis([s * 13.5, -18, zc + 3], [s * -9, 47, 0], 7.0) for s in (-1, 1)]
-        body = _sample(
-            rng,
-            6,
-            lambda p, zc=zc: (p[0] / 21) ** 2 + (p[1] / 14) ** 2 <= 1 and abs(p[2] - zc) <= 9.5,
-            [-21, -14, zc - 9.5],
-            [21, 14, zc + 9.5],
-            5.0,
-            avoid=screws,
-        )
+        # Screws run at z = zc + 3: beads stay clear of that slab, so that the
+        # screws hide only some of them in the lateral view, as in real exams.
+        def in_body(p, zc=zc):
+            in_ellipse = (p[0] / 21) ** 2 + (p[1] / 14) ** 2 <= 1
+            dz = p[2] - zc
+            return in_ellipse and (-10 <= dz <= -2.5 or 8.5 <= dz <= 10)
+
+        body = _sample(rng, 7, in_body, [-21, -14, zc - 10], [21, 14, zc + 10], 4.5)
         post = _sample(
             rng,
             3,
-            _in_box([0, -45, zc + 1], [3, 18, 7]),
+            _in_box([0, -57.5, zc + 1], [3, 5.5, 7]),
             [-3, -63, zc - 6],
-            [3, -27, zc + 8],
-            5.0,
+            [3, -52, zc + 8],
+            4.5,
             existing=body,
         )
         beads += _beads(seg, body + post, 0.8)
@@ -578,9 +576,12 @@ def shoulder(rng: np.random.Generator) -> Phantom:
         existing=scap,
     )
     glen = _sample(
-        rng, 4, _in_box([-5, 0, 0], [1.5, 11, 17]), [-6.5, -11, -17], [-3.5, 11, 17], 5.0
+        rng, 3, _in_box([-5, 0, 0], [1.5, 11, 17]), [-6.5, -11, -17], [-3.5, 11, 17], 6.0
     )
-    glen += [np.array([-19.0, 0.0, z]) for z in (-11.0, 11.0)]
+    # Two beads in each peg, the deeper ones further from the humeral head.
+    for z in (-11.0, 0.0, 11.0):
+        for x in (-11.0, -19.5):
+            glen.append(np.array([x + rng.uniform(-1, 1), 0.0, z]))
     beads = _beads("scapula", scap, 0.8) + _beads("glenoid_component", glen, 1.0)
     return Phantom(
         "upper",

@@ -92,15 +92,16 @@ class RenderResult:
     layers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def open_field_fluence(kv: float, mas: float, sid_mm: float) -> float:
-    """Detected quanta per 0.15 mm pixel in the open field at the detector centre.
+def open_field_fluence(kv: float, mas: float, sid_mm: float, pixel_mm: float = 0.15) -> float:
+    """Detected quanta per pixel (of side ``pixel_mm``) in the open field at the detector centre.
 
     Tube output grows about as kV^2 per mAs (Bushberg, ch. 6) and falls with
     the inverse square of the distance; the constant puts 70 kV, 10 mAs at
     1.5 m at about 4000 detected quanta per pixel (typical of 5 µGy at a CsI
     panel with 0.15 mm pixels and a detection efficiency near 0.6).
     """
-    return 400.0 * float(mas) * (float(kv) / 70.0) ** 2.0 * (1500.0 / float(sid_mm)) ** 2
+    area = (float(pixel_mm) / 0.15) ** 2  # a binned pixel collects the quanta of four
+    return 400.0 * area * float(mas) * (float(kv) / 70.0) ** 2.0 * (1500.0 / float(sid_mm)) ** 2
 
 
 def _sample_positions(n_full: int, n_coarse: int) -> np.ndarray:
@@ -507,7 +508,8 @@ def render_view(
                 transmission[ra:rb, ca:cb] *= t[ra - r0 : rb - r0, ca - c0 : cb - c0]
 
     centre_dist = float(np.linalg.norm(det.center_mm - view.focus_mm))
-    n_open = open_field_fluence(kv, mas, centre_dist)
+    pixel_mm = float(np.sqrt(np.prod(det.pixel_spacing_mm)))
+    n_open = open_field_fluence(kv, mas, centre_dist, pixel_mm)
     rel = _fluence_field(view, nominal, lay["rpos"], lay["cpos"], opts)
     rel *= np.float32(n_open)
     expected = up(rel)
