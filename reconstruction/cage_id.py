@@ -99,26 +99,36 @@ def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
     return k * np.sqrt(lmax) + floor
 
 
-def _assign(pred, gate, active, tree, det_rc, radius_ok):
-    """Unique marker->blob pairs within each marker's gate, by linear_sum_assignment."""
-    act = np.flatnonzero(active)
+def _pairs(tree, det_n, pred, gate, active, k_max=8):
+    """(marker, blob) pairs with the blob within the marker's gate, vectorised.
+
+    Up to ``k_max`` nearest blobs per marker are considered, which is plenty:
+    more than that within one gate means the gate is not selective anyway.
+    """
+    act = np.flatnonzero(active & np.all(np.isfinite(pred), axis=1))
     if len(act) == 0 or tree is None:
         return np.zeros(0, int), np.zeros(0, int)
-    lists = tree.query_ball_point(pred[act], gate[act])
-    rows, cols = [], []
-    for a, ks in zip(act, lists, strict=True):
-        for k in ks:
-            if radius_ok is None or radius_ok(a, k):
-                rows.append(a)
-                cols.append(k)
-    if not rows:
+    k = min(k_max, det_n)
+    dist, idx = tree.query(pred[act], k=k, distance_upper_bound=float(gate[act].max()))
+    dist = dist.reshape(len(act), k)
+    idx = idx.reshape(len(act), k)
+    ok = dist <= gate[act][:, None]
+    rows = np.broadcast_to(act[:, None], ok.shape)[ok]
+    return rows, idx[ok]
+
+
+def _assign(pred, gate, active, tree, det_rc, radius_ok):
+    """Unique marker->blob pairs within each marker's gate, by linear_sum_assignment."""
+    rows, cols = _pairs(tree, len(det_rc), pred, gate, active)
+    if radius_ok is not None and len(rows):
+        keep = radius_ok(rows, cols)
+        rows, cols = rows[keep], cols[keep]
+    if len(rows) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    rows, cols = np.array(rows), np.array(cols)
     um, ri = np.unique(rows, return_inverse=True)
     ud, ci = np.unique(cols, return_inverse=True)
     cost = np.full((len(um), len(ud)), _BIG)
-    d2 = np.sum((pred[rows] - det_rc[cols]) ** 2, axis=1) / gate[rows] ** 2
-    cost[ri, ci] = d2
+    cost[ri, ci] = np.sum((pred[rows] - det_rc[cols]) ** 2, axis=1) / gate[rows] ** 2
     r, c = linear_sum_assignment(cost)
     keep = cost[r, c] < _BIG
     return um[r[keep]], ud[c[keep]]
@@ -174,7 +184,7 @@ def identify(
 
         def radius_ok(a, k):
             q = det_radius[k] / marker_radius[a]
-            return 0.6 < q < 1.6
+            return (q > 0.6) & (q < 1.6)
 
     # within-group spread of offsets: half the rotation's reach, at least a few px
     rot = _block_norm(lin.jac[cand][:, :, 3:6])
@@ -193,16 +203,15 @@ def identify(
         todo = np.flatnonzero(cand & ~matched)
         if len(todo) == 0:
             break
-        lists = tree.query_ball_point(pred[todo], gate[todo])
-        pm, pd = [], []
-        for a, ks in zip(todo, lists, strict=True):
-            for k in ks:
-                if not used[k] and (radius_ok is None or radius_ok(a, k)):
-                    pm.append(a)
-                    pd.append(k)
+        active = np.zeros(n, bool)
+        active[todo] = True
+        pm, pd = _pairs(tree, len(det_rc), pred, gate, active)
+        keep = ~used[pd]
+        if radius_ok is not None and len(pm):
+            keep &= radius_ok(pm, pd)
+        pm, pd = pm[keep], pd[keep]
         if len(pm) < 3:
             break
-        pm, pd = np.array(pm), np.array(pd)
         off = det_rc[pd] - pred[pm]
         counts = cKDTree(off).query_ball_point(off, bandwidth, return_length=True)
         # expected count from pairs scattered at random over the search discs

@@ -12,6 +12,7 @@ output; the residual of every marker is kept for QC and overlays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -34,7 +35,7 @@ class PoseModel:
     nominal: ViewGeometry
     tolerance: Tolerance
 
-    @property
+    @cached_property
     def scale(self) -> np.ndarray:
         t = self.tolerance
         return np.r_[
@@ -55,33 +56,34 @@ class PoseModel:
         return ViewGeometry(self.nominal.focus_mm + theta[0:3], det)
 
     def project(self, theta: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-        """Image positions of ``xyz`` for parameters ``theta`` (NaN without a shadow).
+        """Image positions (n, 2) of ``xyz`` for parameters ``theta`` (NaN without a shadow)."""
+        return self.project_many(np.asarray(theta, float)[None, :], xyz)[0]
 
-        Written out (Rodrigues' rotation, ray-plane intersection) rather than
-        through :meth:`view`, because the calibration calls it thousands of times.
+    def project_many(self, thetas: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+        """Projections (k, n, 2) of ``xyz`` for k parameter sets at once.
+
+        Written out (Rodrigues' rotation, ray-plane intersection) and batched
+        rather than going through :meth:`view`, because calibration and the
+        real-time cage check evaluate it many times.
         """
         det0 = self.nominal.detector
-        rot = _rodrigues(theta[3:6])
+        rot = _rodrigues_many(thetas[:, 3:6])  # (k, 3, 3)
         centre0 = det0.center_mm
-        rc = rot @ det0.row_cosines
+        rc = rot @ det0.row_cosines  # (k, 3)
         cc = rot @ det0.column_cosines
-        n = np.array(
-            [
-                rc[1] * cc[2] - rc[2] * cc[1],
-                rc[2] * cc[0] - rc[0] * cc[2],
-                rc[0] * cc[1] - rc[1] * cc[0],
-            ]
-        )
-        origin = centre0 + theta[6:9] + rot @ (det0.origin_mm - centre0)
-        f = self.nominal.focus_mm + theta[0:3]
-        d = xyz - f
-        h = (origin - f) @ n
+        n = np.cross(rc, cc)
+        origin = centre0 + thetas[:, 6:9] + rot @ (det0.origin_mm - centre0)
+        f = self.nominal.focus_mm + thetas[:, 0:3]
+        d = xyz[None, :, :] - f[:, None, :]  # (k, n, 3)
+        h = np.sum((origin - f) * n, axis=1)  # (k,)
         with np.errstate(divide="ignore", invalid="ignore"):
-            s = h / (d @ n)
+            s = h[:, None] / np.einsum("knj,kj->kn", d, n)
         s = np.where(s > 0, s, np.nan)
-        hit = f - origin + s[:, None] * d
+        hit = (f - origin)[:, None, :] + s[..., None] * d
         sp = det0.pixel_spacing_mm
-        return np.stack([hit @ cc / sp[0], hit @ rc / sp[1]], axis=1)
+        row = np.einsum("knj,kj->kn", hit, cc) / sp[0]
+        col = np.einsum("knj,kj->kn", hit, rc) / sp[1]
+        return np.stack([row, col], axis=-1)
 
     def jacobian(self, theta: np.ndarray, xyz: np.ndarray, scaled: bool = True) -> np.ndarray:
         """d(row, col)/d(theta) by central differences, shape (n, 2, 9).
@@ -89,15 +91,13 @@ class PoseModel:
         With ``scaled`` the derivative is per tolerance unit.
         """
         sc = self.scale
-        jac = np.empty((len(xyz), 2, N_PARAMS))
-        for j in range(N_PARAMS):
-            h = 1e-3 * sc[j]
-            d = np.zeros(N_PARAMS)
-            d[j] = h
-            jac[:, :, j] = (self.project(theta + d, xyz) - self.project(theta - d, xyz)) / (2 * h)
-            if scaled:
-                jac[:, :, j] *= sc[j]
-        return jac
+        steps = 1e-3 * sc
+        thetas = np.concatenate([theta + np.diag(steps), theta - np.diag(steps)], axis=0)  # (18, 9)
+        pr = self.project_many(thetas, xyz)
+        jac = (pr[:N_PARAMS] - pr[N_PARAMS:]) / (2 * steps)[:, None, None]  # (9, n, 2)
+        if scaled:
+            jac = jac * sc[:, None, None]
+        return jac.transpose(1, 2, 0)
 
 
 def _rodrigues(v: np.ndarray) -> np.ndarray:
@@ -108,6 +108,19 @@ def _rodrigues(v: np.ndarray) -> np.ndarray:
         return np.eye(3) + k
     k /= th
     return np.eye(3) + np.sin(th) * k + (1 - np.cos(th)) * (k @ k)
+
+
+def _rodrigues_many(v: np.ndarray) -> np.ndarray:
+    """Rotation matrices (k, 3, 3) of rotation vectors (k, 3) (Rodrigues' formula)."""
+    th = np.linalg.norm(v, axis=1)
+    safe = np.where(th < 1e-12, 1.0, th)
+    k = np.zeros((len(v), 3, 3))
+    u = v / safe[:, None]
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -u[:, 2], u[:, 1], -u[:, 0]
+    k[:, 1, 0], k[:, 2, 0], k[:, 2, 1] = u[:, 2], -u[:, 1], u[:, 0]
+    sin = np.where(th < 1e-12, th, np.sin(th))[:, None, None]
+    cos1 = np.where(th < 1e-12, 0.5 * th**2, 1 - np.cos(th))[:, None, None]
+    return np.eye(3) + sin * k + cos1 * (k @ k)
 
 
 def project_fast(view: ViewGeometry, xyz: np.ndarray) -> np.ndarray:

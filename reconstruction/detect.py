@@ -177,12 +177,17 @@ def full_display(image: RawImage) -> np.ndarray:
 
 
 def _robust_sigma(values: np.ndarray) -> float:
+    """Normalised median absolute deviation."""
     med = np.median(values)
     return float(1.4826 * np.median(np.abs(values - med))) + 1e-12
 
 
 def coarse_candidates(
-    small: np.ndarray, k: int, scale: MarkerScale, threshold_sigma: float = 5.0
+    small: np.ndarray,
+    k: int,
+    scale: MarkerScale,
+    threshold_sigma: float = 5.0,
+    clutter_ratio: float = 3.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres from a band-passed reduced image.
 
@@ -196,6 +201,11 @@ def coarse_candidates(
         Expected marker radii (full-resolution px).
     threshold_sigma : float
         Detection threshold in robust standard deviations of the band-passed image.
+    clutter_ratio : float
+        A candidate must also stand this far above the local RMS of the
+        band-passed image (over a few marker diameters): bone texture and
+        other structure at marker scale raise the local RMS, an isolated
+        marker barely does (a local contrast-to-clutter test).
 
     Returns
     -------
@@ -224,15 +234,17 @@ def coarse_candidates(
     for r in radii:
         s1 = max(0.5, 0.6 * r)
         band = cv2.subtract(cv2.GaussianBlur(small, (0, 0), s1), background)
-        band *= np.float32(1.0 / _robust_sigma(band[::5, ::5]))
+        band *= np.float32(1.0 / _robust_sigma(band[::7, ::7].ravel()))
         dog = band if dog is None else np.maximum(dog, band)
-    noise = 1.0
-    thr = threshold_sigma * noise
+    w = 2 * round(4 * r_hi) + 1
+    clutter = cv2.sqrt(cv2.boxFilter(dog * dog, -1, (w, w)) + np.float32(1.0))
+    ratio = dog / clutter
+    thr = threshold_sigma
     # non-maximum suppression over the smallest marker's radius: two markers'
     # centres are never closer than that, and a flat top gives one candidate.
     nms = 2 * max(1, int(np.floor(r_lo))) + 1
     dil = cv2.dilate(dog, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (nms, nms)))
-    m = (dog >= dil) & (dog > thr)
+    m = (dog >= dil) & (dog > thr) & (ratio > clutter_ratio)
     border = 1
     m[:border] = m[-border:] = False
     m[:, :border] = m[:, -border:] = False
@@ -248,8 +260,8 @@ def coarse_candidates(
     # Lowe's edge test: both principal curvatures negative and of similar size.
     tr = dxx + dyy
     det = dxx * dyy - dxy**2
-    ratio = 6.0
-    ok = (det > 0) & (tr < 0) & (tr**2 * ratio < (ratio + 1) ** 2 * det)
+    edge_r = 6.0
+    ok = (det > 0) & (tr < 0) & (tr**2 * edge_r < (edge_r + 1) ** 2 * det)
     # A flat-topped disc (large marker on a fine scale) has near-zero curvature: keep it.
     flat = (np.abs(tr) < 0.05 * v0) & (det >= 0)
     ok |= flat
@@ -259,7 +271,7 @@ def coarse_candidates(
     dr = np.clip(np.nan_to_num(dr), -0.5, 0.5)
     dc = np.clip(np.nan_to_num(dc), -0.5, 0.5)
     rc = np.stack([(r + dr + 0.5) * k - 0.5, (c + dc + 0.5) * k - 0.5], axis=1)
-    return rc[ok], (v0 / noise)[ok]
+    return rc[ok], ratio[r, c][ok]
 
 
 # --------------------------------------------------------------------------- fine
