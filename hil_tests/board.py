@@ -33,6 +33,7 @@ class Board:
         self.q: queue.Queue = ctl.events()
         self.log: list = []
         self._used: set[int] = set()
+        self.event_timeout = EVENT_TIMEOUT
         assert ctl.info is not None
         self.info = ctl.info
 
@@ -80,8 +81,8 @@ class Board:
         self.log.clear()
         self._used.clear()
 
-    def wait_status(self, state: str, timeout: float = EVENT_TIMEOUT) -> None:
-        end = time.monotonic() + timeout
+    def wait_status(self, state: str, timeout: float | None = None) -> None:
+        end = time.monotonic() + (self.event_timeout if timeout is None else timeout)
         while True:
             s = self.ctl.status()
             if s.state == state:
@@ -97,7 +98,7 @@ class Board:
         self.log.append(ev)
         return ev
 
-    def wait_for(self, kind: type, timeout: float = EVENT_TIMEOUT, **match):
+    def wait_for(self, kind: type, timeout: float | None = None, **match):
         """The earliest not yet awaited event of ``kind`` whose attributes equal ``match``.
 
         Events already received count (the board may send a fault before or
@@ -111,6 +112,7 @@ class Board:
                 and all(getattr(ev, k) == v for k, v in match.items())
             )
 
+        timeout = self.event_timeout if timeout is None else timeout
         for i, ev in enumerate(self.log):
             if ok(i, ev):
                 self._used.add(i)
@@ -130,7 +132,7 @@ class Board:
                 self._used.add(len(self.log) - 1)
                 return ev
 
-    def wait_state(self, new: str, timeout: float = EVENT_TIMEOUT) -> StateChanged:
+    def wait_state(self, new: str, timeout: float | None = None) -> StateChanged:
         return self.wait_for(StateChanged, timeout, new=new)
 
     def collect(self, seconds: float) -> list:
