@@ -165,7 +165,7 @@ def build_dx_dataset(
     ds.StudyDate = _da(study_dt)
     ds.StudyTime = _tm(study_dt)
     ds.ReferringPhysicianName = study.get("referring_physician", "")
-    ds.StudyID = str(study.get("study_id", ""))[:16]
+    ds.StudyID = str(study.get("study_id") or study.get("accession_number") or "RSA")[:16]
     ds.AccessionNumber = str(study.get("accession_number", ""))[:16]
     ds.StudyDescription = study.get("description", "Radiostereometric analysis")
     if region in PROCEDURES:
