@@ -340,9 +340,12 @@ def calibrate(
         resid = rc - model.project(theta, xyz)
         norm = np.linalg.norm(resid, axis=1)
         norm = np.where(np.isfinite(norm), norm, np.inf)
-        robust = np.median(norm[inl]) / 1.1774  # Rayleigh median -> per-axis sigma
-        thr = max(reject_sigma * robust, reject_floor_px)
-        new = norm <= thr
+        # residuals in units of each marker's own uncertainty: a faint marker
+        # behind the patient may be off by more pixels than a crisp one and
+        # still be right; the scale of those units is estimated robustly
+        z = norm / sig
+        robust = max(np.median(z[inl]) / 1.1774, 1.0)  # Rayleigh median -> per-axis sigma
+        new = (z <= reject_sigma * robust) | (norm <= reject_floor_px)
         if new.sum() < 6 or np.array_equal(new, inl):
             break
         inl = new

@@ -14,9 +14,17 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from acquisition.jsonio import load_model
+    from acquisition.dicom_reader import read_raw_image
+    from acquisition.jsonio import load_model, write_json
     from reconstruction.geometry import Cage, Station
+    from reconstruction.pipeline import reconstruct
 
-    load_model(args.station, Station.from_dict, "station file")
-    load_model(args.cage, Cage.from_dict, "cage file")
-    raise NotImplementedError("rsa-station reconstruct is not built yet (issue 5)")
+    station = load_model(args.station, Station.from_dict, "station file")
+    cage = load_model(args.cage, Cage.from_dict, "cage file")
+    images = {
+        "A": read_raw_image(args.image_a, station.views["A"].detector, "A"),
+        "B": read_raw_image(args.image_b, station.views["B"].detector, "B"),
+    }
+    result = reconstruct(station, cage, images)
+    write_json(args.output, result.to_dict())
+    return 0
