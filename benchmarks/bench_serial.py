@@ -1,8 +1,9 @@
 """Command round trip over the serial link: median and p99.
 
-Times ``SyncController.heartbeat()`` (HEARTBEAT, 9 bytes on the wire, answered
-by a 15-byte ACK) through the whole bridge: caller thread -> I/O thread ->
-port -> virtual firmware -> port -> I/O thread -> caller. Four set-ups:
+Times ``SyncController.heartbeat()`` (HEARTBEAT, 10 bytes on the wire with
+its leading 0x00, answered by a 16-byte ACK) through the whole bridge:
+caller thread -> I/O thread -> port -> virtual firmware -> port -> I/O thread
+-> caller. Four set-ups:
 
 - ``sim://`` in-process, line timing off and on;
 - ``rsa-station sim-controller`` as its own process on a pty, without and with
@@ -36,7 +37,8 @@ def wire_time_ms() -> float:
             int(P.MsgType.ACK), 0, bytes([P.MsgType.HEARTBEAT]) + P.HEARTBEAT_ACK.pack(0, 1)
         )
     )
-    return 10.0 * (len(req) + len(ack)) / BAUD * 1000.0
+    # both sides send a leading 0x00 before each frame
+    return 10.0 * (len(req) + len(ack) + 2) / BAUD * 1000.0
 
 
 def measure(url: str, n: int) -> dict:

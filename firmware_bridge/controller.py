@@ -89,6 +89,22 @@ def _code_message(code: int) -> str:
         return "unknown error code"
 
 
+def _board_info(h: P.HelloInfo) -> BoardInfo:
+    return BoardInfo(
+        protocol_version=(h.protocol_major, h.protocol_minor),
+        firmware_version=".".join(map(str, h.firmware)),
+        serial_number=h.serial_number,
+        capabilities=frozenset(n for bit, n in _CAP_NAMES.items() if h.capabilities & bit),
+        boot_id=h.boot_id,
+        heartbeat_ms=h.heartbeat_ms,
+        watchdog_ms=h.watchdog_ms,
+        hold_timeout_ms=h.hold_timeout_ms,
+        prep_timeout_ms=h.prep_timeout_ms,
+        skew_limit_us=h.skew_limit_us,
+        event_retry_ms=h.event_retry_ms,
+    )
+
+
 class _Factory:
     """Event frames -> typed events (used by the link's I/O thread)."""
 
@@ -161,7 +177,6 @@ class SyncController:
         self.url = url
         self._link = Link(url, LinkOptions(**opts))
         self._link.factory = _Factory()
-        self.info: BoardInfo | None = None
 
     # -- lifecycle --
 
@@ -225,25 +240,23 @@ class SyncController:
     def hello(self, timeout: float | None = None) -> BoardInfo:
         """Handshake: open a session; raises ProtocolVersionMismatch on a version mismatch."""
         link = self._link
-        body = self._req(P.MsgType.HELLO, link.hello_payload(), "HELLO", timeout)
+        body = self._link.request(
+            P.MsgType.HELLO,
+            link.hello_payload(),
+            description="HELLO",
+            timeout=timeout,
+            callback=link.on_hello_answer,
+        )
         h = P.HelloInfo.unpack(body)
         if h.protocol_major != link.opts.protocol_version:
             raise errors.ProtocolVersionMismatch(link.opts.protocol_version, h.protocol_major)
-        link.start_session(h)
-        self.info = BoardInfo(
-            protocol_version=(h.protocol_major, h.protocol_minor),
-            firmware_version=".".join(map(str, h.firmware)),
-            serial_number=h.serial_number,
-            capabilities=frozenset(n for bit, n in _CAP_NAMES.items() if h.capabilities & bit),
-            boot_id=h.boot_id,
-            heartbeat_ms=h.heartbeat_ms,
-            watchdog_ms=h.watchdog_ms,
-            hold_timeout_ms=h.hold_timeout_ms,
-            prep_timeout_ms=h.prep_timeout_ms,
-            skew_limit_us=h.skew_limit_us,
-            event_retry_ms=h.event_retry_ms,
-        )
-        return self.info
+        return _board_info(h)
+
+    @property
+    def info(self) -> BoardInfo | None:
+        """What the board said in the last HELLO (renewed by every resync)."""
+        h = self._link.info
+        return None if h is None else _board_info(h)
 
     def heartbeat(self, timeout: float | None = None) -> str:
         """One explicit heartbeat (the link sends them by itself); returns the state name."""

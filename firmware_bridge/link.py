@@ -88,6 +88,7 @@ class LinkStats:
     stale_answers: int = 0
     foreign_version: int = 0
     unexpected_type: int = 0
+    bad_payloads: int = 0
     duplicate_events: int = 0
     events_delivered: int = 0
     resyncs: int = 0
@@ -210,13 +211,24 @@ class Link:
     # -- caller side -------------------------------------------------------------
 
     def request(
-        self, mtype: P.MsgType, payload: bytes = b"", *, description: str, timeout: float | None
+        self,
+        mtype: P.MsgType,
+        payload: bytes = b"",
+        *,
+        description: str,
+        timeout: float | None,
+        callback: Callback | None = None,
     ) -> bytes:
-        """Send a command and wait; return the ACK body or raise a typed error."""
+        """Send a command and wait; return the ACK body or raise a typed error.
+
+        ``callback(request)`` runs in the I/O thread when the answer arrives,
+        before any later frame is handled (used to open a session in step
+        with the event numbering).
+        """
         if self._thread is None:
             raise errors.NotConnected(f"{description}: the link is not open")
         timeout = self.opts.command_timeout if timeout is None else timeout
-        req = Request(mtype, payload, description, time.monotonic() + timeout)
+        req = Request(mtype, payload, description, time.monotonic() + timeout, callback)
         with self._submit_lock:
             self._submit.append(req)
         self._wake()
@@ -286,7 +298,12 @@ class Link:
                     if n:
                         data += self._port.read(n)
                     for frame in self._decoder.feed(data):
-                        self._on_frame(frame)
+                        try:
+                            self._on_frame(frame)
+                        except (ValueError, IndexError, struct.error) as exc:
+                            # CRC-valid but not a payload we can read: drop, count, go on
+                            self.stats.bad_payloads += 1
+                            log.warning("dropping frame type 0x%02x: %s", frame.type, exc)
                 self._on_timers(time.monotonic())
             except (serial.SerialException, OSError, TypeError) as exc:
                 # TypeError: pyserial's posix read on a just-closed fd
@@ -326,7 +343,8 @@ class Link:
         if time.monotonic() < self._mute_until:
             return
         assert self._port is not None
-        self._port.write(codec.encode_frame(frame))
+        # leading delimiter: ends any garbage the line left in the board's receiver
+        self._port.write(codec.DELIMITER + codec.encode_frame(frame))
         self.stats.frames_sent += 1
 
     def _internal(
@@ -542,6 +560,13 @@ class Link:
 
     def hello_payload(self) -> bytes:
         return P.HELLO_REQ.pack(self.opts.protocol_version, codec.PROTOCOL_MINOR, self._nonce)
+
+    def on_hello_answer(self, req: Request) -> None:
+        """Request callback of a caller's HELLO: open the session in the I/O thread."""
+        if req.outcome is not None and req.outcome[0] == "ack":
+            info = P.HelloInfo.unpack(req.outcome[1])
+            if info.protocol_major == self.opts.protocol_version:
+                self.start_session(info)
 
     def start_session(self, info: P.HelloInfo) -> None:
         """Called (in the I/O thread) when a HELLO was acknowledged."""

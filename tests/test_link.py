@@ -14,6 +14,7 @@ from firmware_bridge import (
     ConnectionChanged,
     InterlockChanged,
     LinkTimeout,
+    NotConnected,
     PortError,
     StateChanged,
     SyncController,
@@ -258,3 +259,48 @@ def test_spy_url_over_a_pty_logs_the_traffic(tmp_path):
     finally:
         server.stop()
         ctl.stop()
+
+
+def test_pulled_cable_fails_pending_calls_then_reopens_and_resyncs():
+    url, ctl = fresh()
+    with SyncController(url, reconnect_interval=0.05) as c:
+        q = c.events()
+        boot = c.info.boot_id
+        ctl.unplug()
+        lost = q.get(timeout=5)
+        assert isinstance(lost, ConnectionChanged) and not lost.connected
+        back = q.get(timeout=5)
+        assert isinstance(back, ConnectionChanged) and back.connected
+        assert "port reopened" in back.reason and back.boot_id == boot
+        assert c.status().session and c.stats.port_errors == 1
+
+
+def test_pty_that_vanishes_gives_typed_errors_not_hangs():
+    ctl = sc.VirtualSyncController("vanish")
+    server = PtyServer(ctl)
+    server.start()
+    try:
+        with SyncController(server.path, reconnect_interval=0.05, command_timeout=0.5) as c:
+            q = c.events()
+            server.stop()
+            ev = q.get(timeout=5)
+            assert isinstance(ev, ConnectionChanged) and not ev.connected
+            with pytest.raises((NotConnected, LinkTimeout)):
+                c.status()
+    finally:
+        ctl.stop()
+
+
+def test_crc_valid_frames_with_unreadable_payloads_are_dropped_by_the_host():
+    url, ctl = fresh()
+    with SyncController(url) as c:
+        q = c.events()
+        # hand-made board output: an event whose payload is too short, then a good one
+        bad = codec.encode_frame(codec.Frame(int(P.MsgType.EVT_INTERLOCK), 0, b"\x00"))
+        good = codec.encode_frame(
+            codec.Frame(int(P.MsgType.EVT_INTERLOCK), 1, P.EVT_INTERLOCK.pack(1, 0))
+        )
+        ctl._sink(bad + good + b"\x00\x13\x37\x00")
+        assert q.get(timeout=5) == InterlockChanged("collimator", False)
+        assert c.stats.bad_payloads == 0 or c.stats.events_delivered >= 1
+        assert c.status().state == "idle"  # the I/O thread is alive

@@ -63,7 +63,7 @@ class Raw:
         if seq is None:
             self.seq += 1
             seq = self.seq
-        self.ep.write(codec.encode_frame(Frame(int(mtype), seq, payload)))
+        self.ep.write(b"\x00" + codec.encode_frame(Frame(int(mtype), seq, payload)))
         answers = self._pump()
         assert len(answers) == 1, answers
         assert answers[0].seq == seq
@@ -415,13 +415,22 @@ def test_sim_url_reaches_the_named_controller():
         ctl = get_controller("urltest")
         assert ctl.hw.board_time.scale == 50 and not ctl.cfg.bench_mode
         port.write(codec.encode_frame(Frame(int(M.GET_STATUS), 1)))
-        (f,) = FrameDecoder().feed(port.read_until(b"\x00"))
+        (f,) = _read_frames(port)
         assert f.type == M.ACK
     finally:
         port.close()
         remove_controller("urltest")
     with pytest.raises(serial.SerialException, match="unknown parameter"):
         serial.serial_for_url("sim://x?colour=blue")
+
+
+def _read_frames(port) -> list[Frame]:
+    dec, frames = FrameDecoder(), []
+    for _ in range(50):
+        frames += dec.feed(port.read_until(b"\x00"))
+        if frames:
+            return frames
+    return frames
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -442,7 +451,7 @@ def test_sim_controller_command_prints_pty_then_serves_until_signal(sig):
         port = serial.Serial(path, 115200, timeout=5)
         try:
             port.write(codec.encode_frame(Frame(int(M.HELLO), 9, P.HELLO_REQ.pack(1, 0, 5))))
-            (f,) = FrameDecoder().feed(port.read_until(b"\x00"))
+            (f,) = _read_frames(port)
             assert f.type == M.ACK and f.seq == 9
         finally:
             port.close()
@@ -460,3 +469,38 @@ def test_sim_controller_command_rejects_bad_options():
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2 and out == ""
     assert err.count("\n") == 1 and "--clock-scale" in err
+
+
+# -- fuzzing the firmware -------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=48)), max_size=12))
+def test_firmware_survives_any_well_framed_command(cmds):
+    r = Raw()
+    r.hello()
+    for mtype, payload in cmds:
+        if mtype in (M.SIM_INJECT, M.SIM_CONFIG):
+            continue  # reboots and clock changes are covered elsewhere
+        r.seq += 1
+        r.ep.write(codec.encode_frame(Frame(mtype, r.seq, payload)))
+        answers = r._pump()
+        if mtype < 0x80 and mtype != M.EVT_ACK:
+            assert len(answers) == 1 and answers[0].type in (M.ACK, M.NAK)
+        else:
+            assert answers == []
+    assert r.ctl.firmware_errors == 0
+    assert P.StatusBody.unpack(r.ok(M.GET_STATUS)).session
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=400))
+def test_firmware_survives_any_bytes(data):
+    r = Raw()
+    r.ep.write(data)
+    r._pump()
+    assert r.ctl.firmware_errors == 0
+    assert r.ok(M.GET_STATUS)

@@ -15,6 +15,7 @@ Never disable a rule for any other purpose.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ class Firmware:
     def _send(
         self, mtype: int, seq: int, payload: bytes = b"", version: int | None = None
     ) -> bytes:
-        data = codec.encode_frame(
+        data = codec.DELIMITER + codec.encode_frame(
             Frame(int(mtype), seq, payload, codec.PROTOCOL_VERSION if version is None else version)
         )
         self.out += data
@@ -736,6 +737,8 @@ class Firmware:
         if not self.cfg.fault_injection:
             return ("nak", P.ErrorCode.UNKNOWN_TYPE, 0)
         pid, value = P.SIM_CONFIG.unpack(frame.payload)
+        if not math.isfinite(value):
+            return ("nak", P.ErrorCode.BAD_VALUE, pid)
         try:
             param = P.SimParam(pid)
         except ValueError:

@@ -140,6 +140,7 @@ class VirtualSyncController:
         self._reboot_at: float | None = None
         self._boot_done = 0.0
         self.reboots = 0
+        self.firmware_errors = 0
         self.exposures_fired = 0
         self._running = False
         self._dirty = False
@@ -189,6 +190,17 @@ class VirtualSyncController:
         with self._cv:
             self._endpoint = None
             self._sink = sink
+
+    def unplug(self) -> None:
+        """Pull the in-process cable: the connected host's port fails until it reopens."""
+        with self._cv:
+            ep = self._endpoint
+            self._endpoint = None
+            self._sink = None
+        if ep is not None:
+            with ep._cv:
+                ep.closed = True
+                ep._cv.notify_all()
 
     def disconnect(self, ep: Endpoint) -> None:
         with self._cv:
@@ -323,9 +335,13 @@ class VirtualSyncController:
             data = self.rx.take(now)
             fw = self.fw
             if fw is not None:
-                if data:
-                    fw.receive(data, now)
-                fw.tick(now)
+                try:
+                    if data:
+                        fw.receive(data, now)
+                    fw.tick(now)
+                except Exception:  # a firmware bug: keep the board alive, make it visible
+                    self.firmware_errors += 1
+                    log.exception("virtual firmware error")
                 for what, value in fw.sim_requests:
                     if what == "reboot":
                         self._reboot_at = now + value
