@@ -1,0 +1,180 @@
+"""What the station does with a stereo pair: files, cage checks, reconstruction, QC.
+
+:class:`Pipeline` wraps the numeric core (``reconstruction``) for the station:
+it holds the station and cage geometry of each region, and turns results into
+overlay PNGs (drawn by ``reconstruction.overlay``, encoded with OpenCV).
+:func:`exam_result` folds the exposure report's tube start skew into the QC as
+the contract's ``tube_skew`` check (CONTRACT.md, "Station exam result").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acquisition.jsonio import write_bytes_atomic
+from acquisition.jsonio import write_json as _write_json
+from reconstruction.qc import DEFAULT_LIMITS, QCCheck, QCLimits
+
+VIEWS = ("A", "B")
+
+
+@dataclass
+class RawFrame:
+    """A frame rebuilt from a stored file (recovery): only its pixels are known."""
+
+    raw: Any
+
+    def to_raw_image(self):
+        return self.raw
+
+
+def raw_of(frame) -> Any:
+    """The :class:`reconstruction.image.RawImage` of a detector frame."""
+    return frame.to_raw_image()
+
+
+def read_raw(path: str | os.PathLike):
+    from acquisition.dicom_reader import read_raw_image
+
+    return read_raw_image(path)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    write_bytes_atomic(path, data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _write_json(path, obj)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_pair(frames: dict, folder: Path, exam: dict, attempt: int) -> dict:
+    """Write both frames as linked DX DICOM files, atomically; return path and SHA-256 of each.
+
+    The writer writes into temporary names in the same folder; each file is
+    fsynced and renamed into place, then the folder is fsynced, so after a crash
+    either the whole file is there under its name or nothing is.
+    """
+    from acquisition.dicom_writer import write_dx_pair
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final = {v: folder / f"{v}.dcm" for v in VIEWS}
+    tmp = {}
+    for v in VIEWS:
+        fd, name = tempfile.mkstemp(prefix=f".{v}.", suffix=".dcm.part", dir=folder)
+        os.close(fd)
+        tmp[v] = Path(name)
+    try:
+        write_dx_pair(
+            [frames["A"], frames["B"]],
+            [tmp["A"], tmp["B"]],
+            patient={
+                "id": exam["patient_id"],
+                "name": exam["patient_name"],
+                "birth_date": exam.get("birth_date"),
+            },
+            study={
+                "exam_id": exam["id"],
+                "attempt": attempt,
+                "procedure_code": exam["procedure_code"],
+                "region": exam["region"],
+            },
+        )
+        for v in VIEWS:
+            with open(tmp[v], "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp[v], final[v])
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+    return {v: {"path": str(final[v]), "sha256": sha256_file(final[v])} for v in VIEWS}
+
+
+def tube_skew_check(skew_us: float | None, limits: QCLimits = DEFAULT_LIMITS) -> QCCheck:
+    """The contract's ``tube_skew`` check: |start skew between the tubes| <= limit (µs)."""
+    if skew_us is None:
+        return QCCheck(
+            "tube_skew", None, False, None, limits.tube_skew, "the controller reported no skew"
+        )
+    value = abs(float(skew_us))
+    ok = value <= limits.tube_skew
+    msg = f"tubes started {value:.0f} µs apart (limit {limits.tube_skew:.0f} µs)"
+    if not ok:
+        msg += ": the two views are not simultaneous, retake"
+    return QCCheck("tube_skew", None, ok, value, limits.tube_skew, msg)
+
+
+def exam_result(recon: dict, report: dict, limits: QCLimits = DEFAULT_LIMITS) -> dict:
+    """The station exam result: reconstruction result + exposure skew + ``tube_skew`` check."""
+    out = dict(recon)
+    skew = report.get("skew_us")
+    check = tube_skew_check(skew, limits).to_dict()
+    checks = [c for c in recon.get("qc", {}).get("checks", []) if c.get("code") != "tube_skew"]
+    checks.append(check)
+    out["qc"] = {
+        "verdict": "pass" if checks and all(c["passed"] for c in checks) else "retake",
+        "checks": checks,
+    }
+    out["tube_skew_us"] = skew
+    out["exposure"] = report
+    return out
+
+
+class Pipeline:
+    """The numeric core, bound to the station and cage geometry of each region."""
+
+    def __init__(self, geometry):
+        # geometry: callable region -> (reconstruction.geometry.Station, Cage)
+        self.geometry = geometry
+
+    def write_pair(self, frames: dict, folder: Path, exam: dict, attempt: int) -> dict:
+        return write_pair(frames, folder, exam, attempt)
+
+    def read_raw(self, path: str):
+        return read_raw(path)
+
+    def cage_check(self, region: str, view: str, raw) -> dict:
+        from reconstruction.cagecheck import cage_check
+
+        station, cage = self.geometry(region)
+        return cage_check(station, cage, view, raw).to_dict()
+
+    def reconstruct(self, region: str, raws: dict) -> dict:
+        from reconstruction.pipeline import reconstruct
+
+        station, cage = self.geometry(region)
+        return reconstruct(station, cage, raws).to_dict()
+
+    def migrate(self, segments: dict, reference: dict, followup: dict) -> dict:
+        from reconstruction.migration import migrate
+
+        return migrate(segments, reference, followup).to_dict()
+
+    def cage_overlay_png(self, region: str, view: str, raw, check: dict) -> bytes:
+        from acquisition.service import overlays
+
+        station, cage = self.geometry(region)
+        return overlays.cage_png(station, cage, view, raw, check)
+
+    def result_overlay_png(self, region: str, view: str, raw, result: dict) -> bytes:
+        from acquisition.service import overlays
+
+        station, cage = self.geometry(region)
+        return overlays.result_png(station, cage, view, raw, result)

@@ -1,0 +1,25 @@
+"""Exam regions: procedure codes and technique presets.
+
+CPT category III codes for RSA (American Medical Association): 0348T spine,
+0349T upper extremity, 0350T lower extremity. Presets are starting points the
+technician adjusts per patient; both tubes of a stereo pair get the same
+technique because the two views must look alike for the cage check.
+"""
+
+from __future__ import annotations
+
+REGIONS = ("spine", "upper", "lower")
+
+PROCEDURE_CODES = {"spine": "0348T", "upper": "0349T", "lower": "0350T"}
+
+# kV, mA, ms per tube. Spine: thick, so higher kV and mAs; upper extremity: thin.
+PRESETS: dict[str, dict[str, float]] = {
+    "spine": {"kv": 90.0, "ma": 200.0, "ms": 100.0},
+    "upper": {"kv": 60.0, "ma": 100.0, "ms": 50.0},
+    "lower": {"kv": 75.0, "ma": 160.0, "ms": 64.0},
+}
+
+
+def preset_technique(region: str) -> dict[str, dict[str, float]]:
+    p = PRESETS[region]
+    return {"A": dict(p), "B": dict(p)}
