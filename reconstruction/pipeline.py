@@ -31,6 +31,8 @@ from reconstruction.triangulate import midpoint
 BEAD_DIAMETERS_MM = (0.5, 1.0)
 #: A cage marker's shadow must lie this far inside the image to be expected (CONTRACT.md).
 EXPECTED_MARGIN_PX = 10.0
+#: Smallest matched-filter signal-to-noise ratio of a patient bead.
+MIN_BEAD_SNR = 12.0
 #: Fewest identified cage markers to calibrate a view (DLT needs 6).
 MIN_CALIBRATION_MARKERS = 6
 
@@ -51,6 +53,12 @@ def shadow_radii_px(view: ViewGeometry, xyz: np.ndarray, diameters_mm: np.ndarra
         * magnification(view, xyz)
         / float(np.mean(view.detector.pixel_spacing_mm))
     )
+
+
+def bead_diameter_mm(view: ViewGeometry, xyz: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
+    """Diameter of a sphere at ``xyz`` from its fitted shadow radius in one view."""
+    sp = float(np.mean(view.detector.pixel_spacing_mm))
+    return 2 * np.asarray(radius_px) * sp / magnification(view, xyz)
 
 
 def cage_diameters(cage: Cage) -> np.ndarray:
@@ -246,6 +254,23 @@ def analyse_view(
         d = np.linalg.norm(det.rc[:, None, :] - pred[shadow_ok][None, :, :], axis=2)
         touching = d < (r_cage[None, :] + det.radius_px[:, None] + 2 * det.blur_px[:, None] + 1)
         keep &= ~touching.any(axis=1)
+    # Patient beads are spheres of known range of sizes, imaged with the same
+    # blur as the cage markers (the focal spot's penumbra grows with
+    # magnification, hence the wide band): blobs of texture or noise rarely
+    # have both the size and the sharpness of one.
+    if len(dk) >= 3 and keep.any():
+        s_ref = float(np.median(det.blur_px[dk]))
+        mag = magnification(geometry, xyz[shadow_ok]) if shadow_ok.any() else np.ones(1)
+        sp = float(np.mean(geometry.detector.pixel_spacing_mm))
+        r_lo = 0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp
+        r_hi = 0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp
+        keep &= (det.blur_px >= 0.5 * s_ref) & (det.blur_px <= 2.0 * s_ref + 0.5)
+        keep &= (det.radius_px >= 0.7 * r_lo) & (det.radius_px <= 1.3 * r_hi)
+    # With hundreds of blobs of bone texture and noise in an image, a patient
+    # bead must stand out more than a cage marker, whose position the
+    # identification already predicts: a stricter matched-filter SNR.
+    snr = det.relative_contrast * np.sqrt(np.pi) * np.maximum(det.radius_px, det.blur_px)
+    keep &= snr >= MIN_BEAD_SNR
     return ViewResult(
         name=name,
         nominal=nominal,
@@ -311,6 +336,12 @@ def reconstruct(
             pa = ia[matching.pairs[:, 0]]
             pb = ib[matching.pairs[:, 1]]
             xyz, crossing = midpoint(va.geometry, da.rc[pa], vb.geometry, db.rc[pb])
+            # one sphere has one diameter: its two shadows, each divided by its
+            # magnification at the triangulated point, must agree
+            d_a = bead_diameter_mm(va.geometry, xyz, da.radius_px[pa])
+            d_b = bead_diameter_mm(vb.geometry, xyz, db.radius_px[pb])
+            same = np.abs(d_a - d_b) <= 0.35 * np.maximum(d_a, d_b) + 0.05
+            pa, pb, xyz, crossing = pa[same], pb[same], xyz[same], crossing[same]
             order = np.lexsort((da.rc[pa, 1], da.rc[pa, 0]))
             for n, i in enumerate(order, start=1):
                 markers.append(

@@ -119,7 +119,7 @@ def match(
     sigma_b: np.ndarray,
     calibration_px: float = 0.0,
     k_sigma: float = 3.0,
-    max_shift_px: float = 60.0,
+    max_shift_px: float = 30.0,
 ) -> Matching:
     """Match beads between views.
 
@@ -162,7 +162,10 @@ def match(
         score = counts - np.abs(vals) / (2 * max_shift_px)
         best = int(np.argmax(score))
         shift = float(vals[best])
-        if counts[best] >= max(3, 1.5 * len(pairs) + 1) and abs(shift) > 2 * g:
+        # pairs scattered at random over the band would put this many in the window
+        chance = len(vals) * 2 * width[best] / (2 * max_shift_px)
+        significant = counts[best] >= chance + 5 * np.sqrt(chance) + 3
+        if significant and counts[best] >= 1.5 * len(pairs) + 1 and abs(shift) > 2 * g:
             w = gate + 0.1 * abs(shift)
             moved = (np.abs(d_b - shift) <= w) & phys
             m_pairs, m_amb = _resolve(moved)
