@@ -68,10 +68,10 @@ class RenderOptions:
     detector_sigma_px: float = 0.7
     focal_spot_mm: float = 1.0
     read_noise_quanta: float = 3.0
-    scatter_weight: float = 0.45
+    scatter_weight: float = 0.3
     scatter_sigma_mm: float = 35.0
     heel_k: float = 1.0
-    texture_amplitude: float = 0.35
+    texture_amplitude: float = 0.25
     collimator_edge_mm: float = 2.0
     collimation: float | None = None  # irradiated fraction of each detector side
     dead_pixels: int = 0
@@ -489,7 +489,9 @@ def render_view(
     tau = up(lay["tau_fine"])
     tau += up(lay["tau_coarse"])
     if opts.texture:
-        canc = up(np.maximum(lay["canc"], 0))
+        # Trabeculae crossed along a ray add up like independent events: the
+        # texture's optical-depth fluctuation grows as sqrt(path length / 1 mm).
+        canc = up(np.sqrt(np.maximum(lay["canc"], 0)))
         canc *= _texture(rng_tex, shape)
         tau += canc * np.float32(mu("cancellous", kv) * opts.texture_amplitude)
     metal_full(view, solids, kv, tau)
