@@ -52,7 +52,7 @@ class Board:
 
     def require_sim(self, why: str) -> None:
         if not self.is_sim:
-            pytest.skip(f"needs the simulator's {why}; {self.url} is a real board")
+            pytest.skip(f"needs the simulator's {why}; {self.url} does not offer it (a real board)")
 
     # -- set-up --
 

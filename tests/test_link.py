@@ -12,6 +12,7 @@ import simulator.controller as sc
 from firmware_bridge import (
     CommandRefused,
     ConnectionChanged,
+    ExposureReport,
     InterlockChanged,
     LinkTimeout,
     NotConnected,
@@ -304,3 +305,37 @@ def test_crc_valid_frames_with_unreadable_payloads_are_dropped_by_the_host():
         assert q.get(timeout=5) == InterlockChanged("collimator", False)
         assert c.stats.bad_payloads == 0 or c.stats.events_delivered >= 1
         assert c.status().state == "idle"  # the I/O thread is alive
+
+
+def test_dropped_and_delayed_bytes_lose_and_duplicate_nothing():
+    url, ctl = fresh(seed=9)
+    with SyncController(url, ack_timeout=0.02, retries=10, command_timeout=5.0) as c:
+        q = c.events()
+        c.set_technique("A", 70, 100, 10)
+        c.set_technique("B", 70, 100, 10)
+        # delays longer than the ACK timeout: late answers and duplicate commands
+        ctl.set_link(drop_rate=0.01, delay_rate=0.02, delay_ms=40)
+        ids = []
+        for _ in range(15):
+            ids.append(c.arm())
+            ctl.press_hand_switch("expose")
+            while not isinstance(ev := q.get(timeout=10), ExposureReport):
+                pass
+            assert ev.exposure_id == ids[-1]
+            ctl.press_hand_switch("off")
+            while not (isinstance(ev := q.get(timeout=10), StateChanged) and ev.new == "idle"):
+                pass
+        ctl.set_link(drop_rate=0.0, delay_rate=0.0)
+        assert ids == list(range(1, 16))
+        assert c.status().last_exposure_id == 15
+        assert not [e for e in _drain(q) if isinstance(e, ExposureReport)]
+        s = c.stats
+        assert s.retransmits + s.queries > 0 and ctl.rx.stats.stalls > 0
+
+
+def _drain(q) -> list:
+    time.sleep(0.2)
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
