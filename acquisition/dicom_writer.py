@@ -29,7 +29,7 @@ Little Endian) and written atomically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,20 @@ def _tm(dt: datetime) -> str:
 
 def _dt(dt: datetime) -> str:
     return dt.strftime("%Y%m%d%H%M%S.%f")
+
+
+def _view_of(frame, index: int) -> str:
+    return getattr(getattr(frame, "meta", None), "view", None) or "AB"[index]
+
+
+def _by_view(frames) -> dict:
+    """Frames keyed by view: a mapping as it is, a sequence by each frame's ``meta.view``."""
+    if isinstance(frames, Mapping):
+        return dict(frames)
+    out = {_view_of(f, i): f for i, f in enumerate(frames)}
+    if len(out) != len(frames):
+        raise InputError("DX pair: two frames of the same view")
+    return out
 
 
 def make_uid(seed: Any | None, *parts: Any) -> str:
@@ -165,12 +179,17 @@ def build_dx_dataset(
     ds.StudyDate = _da(study_dt)
     ds.StudyTime = _tm(study_dt)
     ds.ReferringPhysicianName = study.get("referring_physician", "")
-    ds.StudyID = str(study.get("study_id") or study.get("accession_number") or "RSA")[:16]
+    ds.StudyID = str(
+        study.get("study_id") or study.get("exam_id") or study.get("accession_number") or "RSA"
+    )[:16]
     ds.AccessionNumber = str(study.get("accession_number", ""))[:16]
     ds.StudyDescription = study.get("description", "Radiostereometric analysis")
-    if region in PROCEDURES:
-        code, meaning = PROCEDURES[region]
-        ds.ProcedureCodeSequence = [_code(code, "C4", meaning)]
+    code = study.get("procedure_code")
+    if code is None and region in PROCEDURES:
+        code = PROCEDURES[region][0]
+    if code:
+        meaning = {c: m for c, m in PROCEDURES.values()}.get(code, "Radiostereometric analysis")
+        ds.ProcedureCodeSequence = [_code(str(code), "C4", meaning)]
     # General Series + DX Series
     ds.Modality = "DX"
     ds.SeriesInstanceUID = series_instance_uid
@@ -281,7 +300,7 @@ def build_dx_dataset(
 
 
 def dx_pair_datasets(
-    frames: Mapping[str, Any],
+    frames: Mapping[str, Any] | Sequence[Any],
     *,
     patient: Mapping[str, Any],
     study: Mapping[str, Any],
@@ -291,14 +310,20 @@ def dx_pair_datasets(
 ) -> dict[str, FileDataset]:
     """The two linked DX datasets of a stereo pair, keyed by view.
 
-    ``study`` holds ``region`` ('spine' | 'upper' | 'lower'), optionally
+    ``frames`` is a mapping view -> frame, or a sequence of frames (keyed by
+    their ``meta.view``). ``study`` holds ``region`` ('spine' | 'upper' |
+    'lower'), optionally ``procedure_code`` (default by region),
     ``instance_uid`` (else derived), ``laterality``, ``accession_number``,
-    ``study_id``, ``description``, ``datetime``. ``uid_seed`` makes every UID
+    ``study_id`` (or ``exam_id``), ``description``, ``datetime``. ``None``
+    values count as absent. ``uid_seed`` makes every UID
     deterministic (fixtures); None gives unique UIDs.
     """
+    frames = _by_view(frames)
     views = sorted(frames)
     if not views:
         raise InputError("DX pair: no frames")
+    patient = {k: ("" if v is None else v) for k, v in patient.items()}
+    study = {k: v for k, v in study.items() if v is not None}
     first = frames[views[0]].meta
     key = (uid_seed, first.exposure_id, first.acquisition_datetime.isoformat())
     study = dict(study)
@@ -335,8 +360,8 @@ def dataset_bytes(ds: FileDataset) -> bytes:
 
 
 def write_dx_pair(
-    frames: Mapping[str, Any],
-    paths: Mapping[str, str | Path],
+    frames: Mapping[str, Any] | Sequence[Any],
+    paths: Mapping[str, str | Path] | Sequence[str | Path],
     *,
     patient: Mapping[str, Any],
     study: Mapping[str, Any],
@@ -344,7 +369,15 @@ def write_dx_pair(
     uid_seed: Any | None = None,
     series_number: int = 1,
 ) -> dict[str, FileDataset]:
-    """Write the stereo pair as two DX files (atomically); returns the datasets."""
+    """Write the stereo pair as two DX files (atomically); returns the datasets by view.
+
+    ``frames`` and ``paths``: mappings by view, or sequences in the same order
+    (frames keyed by their ``meta.view``). See :func:`dx_pair_datasets`.
+    """
+    frames = _by_view(frames)
+    if not isinstance(paths, Mapping):
+        # A sequence of paths goes with the frames in the order given.
+        paths = dict(zip(list(frames), paths, strict=True))
     missing = sorted(set(frames) - set(paths))
     if missing:
         raise InputError(f"DX pair: no output path for view(s) {', '.join(missing)}")

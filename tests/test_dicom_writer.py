@@ -161,6 +161,23 @@ def test_same_seed_gives_the_same_file_bytes(exams, tmp_path):
     assert pydicom.dcmread(p3["A"]).StudyInstanceUID != pydicom.dcmread(p2["A"]).StudyInstanceUID
 
 
+def test_sequences_none_values_and_explicit_procedure_code(exams, tmp_path):
+    exam = exams["spine"]
+    paths = [tmp_path / "first.dcm", tmp_path / "second.dcm"]
+    ds = write_dx_pair(
+        [exam.frames["A"], exam.frames["B"]],
+        paths,
+        patient={"id": "P-9", "name": "DOE^JANE", "birth_date": None},
+        study={"exam_id": 42, "attempt": 1, "procedure_code": "0348T", "region": "spine"},
+    )
+    a = pydicom.dcmread(paths[0])
+    assert a.SOPInstanceUID == ds["A"].SOPInstanceUID and a.ImageComments == "RSA view A"
+    assert a.PatientBirthDate == "" and a.StudyID == "42"
+    assert a.ProcedureCodeSequence[0].CodeValue == "0348T"
+    assert _problems([_tool("dciodvfy"), str(paths[0])]) == []
+    assert _problems([_tool("dcentvfy"), *map(str, paths)]) == []
+
+
 def test_bad_frames_are_input_errors(exams, tmp_path):
     exam = exams["lower"]
     with pytest.raises(InputError, match="no output path"):
