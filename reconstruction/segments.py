@@ -50,12 +50,22 @@ class MatchTolerances:
     measured_mm : float
         Largest error of a reconstructed marker position expected between two
         exams (noise of a good exam is 10-30 µm; this leaves a wide margin).
-    loose_mm : float
+    loose_mm, loose_fit_mm : float
         A marker whose distance to another marker of its segment changed by
         more than this between the two exams is inconsistent with it. 0.25 mm
         is about six times the standard deviation of a distance change at
         20 µm per coordinate of marker noise (sqrt(4) x 20 µm), and below the
         ME limit of 0.35 mm, so a bead that moved this much is not noise.
+        Noisier exams raise it: the threshold used is the larger of this and
+        5 SDs of the distance changes measured in the exam pair (MAD
+        estimate); likewise ``loose_fit_mm`` and 2.75 SDs (about
+        σ·sqrt(30), with SD ≈ 2σ).
+    loose_fit_mm : float
+        A marker whose exclusion lowers the segment fit's sum of squared
+        residuals by more than this squared is loose (catches beads that moved
+        across the lines to their mates, which distances hardly see). For a
+        good bead the square root of that decrease is about σ·sqrt(χ²₃):
+        under 0.08 mm in 999 of 1000 cases at σ = 20 µm per coordinate.
     loose_search_mm : float
         How far from its expected place a marker is still looked for (and then
         reported as loose); beyond this it counts as missing.
@@ -64,6 +74,7 @@ class MatchTolerances:
     template_mm: float = TEMPLATE_MM
     measured_mm: float = 0.15
     loose_mm: float = 0.25
+    loose_fit_mm: float = 0.2
     loose_search_mm: float = 2.0
 
 
@@ -400,7 +411,7 @@ def _displacement(ref: np.ndarray, fu: np.ndarray, keep: np.ndarray) -> np.ndarr
 
 
 def consistent_core(
-    ref: np.ndarray, fu: np.ndarray, loose_mm: float
+    ref: np.ndarray, fu: np.ndarray, loose_mm: float, loose_fit_mm: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Largest subset of markers that moved as one rigid body between two exams.
 
@@ -415,7 +426,8 @@ def consistent_core(
     2. Fit: a distance barely changes when a bead moves at right angles to
        the lines joining it to its mates, so while 4 or more markers remain,
        the marker whose exclusion lowers the sum of squared residuals of the
-       rigid fit the most is dropped if that decrease exceeds ``loose_mm²``.
+       rigid fit the most is dropped if that decrease exceeds
+       ``loose_fit_mm²`` (default ``loose_mm``).
        The decrease lies between the marker's squared residual in the full
        fit (which the fit partly absorbs) and its squared leave-one-out
        prediction error (which poorly conditioned remaining markers inflate),
@@ -471,7 +483,7 @@ def consistent_core(
             rest[j] = False
             gain[j] = full - float((_displacement(ref, fu, rest)[rest] ** 2).sum())
         worst = int(np.argmax(gain))
-        if gain[worst] <= loose_mm**2:
+        if gain[worst] <= (loose_mm if loose_fit_mm is None else loose_fit_mm) ** 2:
             break
         keep[worst] = False
     disp = _displacement(ref, fu, keep)
@@ -516,6 +528,7 @@ class SegmentLabels:
     loose: np.ndarray
     change_mm: np.ndarray
     displacement_mm: np.ndarray
+    thresholds: dict = field(default_factory=dict)
 
     @property
     def consistent(self) -> np.ndarray:
@@ -647,6 +660,25 @@ def label_followup(
         models[name] = (model, kw)
     matches = _match_greedy(models, exam.xyz)
 
+    # Noise of this pair of exams, from the change of every within-segment
+    # distance (robust: a loose bead moves only its own few pairs).
+    changes = []
+    for name in definition.positions:
+        ri, fi = ref_matches[name].index, matches[name].index
+        both = (ri >= 0) & (fi >= 0)
+        if both.sum() >= 2:
+            p, q = reference.xyz[ri[both]], exam.xyz[fi[both]]
+            iu = np.triu_indices(len(p), 1)
+            changes.append((cdist(p, p) - cdist(q, q))[iu])
+    pooled = np.concatenate(changes) if changes else np.zeros(0)
+    # SD of a distance change: ≈ 2σ for σ per coordinate per exam (MAD estimate).
+    sd = float(1.4826 * np.median(np.abs(pooled))) if len(pooled) >= 6 else 0.0
+    thresholds = {
+        "distance_change_sd_mm": sd if len(pooled) >= 6 else None,
+        "loose_mm": max(tol.loose_mm, 5.0 * sd),
+        "loose_fit_mm": max(tol.loose_fit_mm, 2.75 * sd),
+    }
+
     labels: dict[str, SegmentLabels] = {}
     for name, tpl in definition.positions.items():
         ri, fi = ref_matches[name].index.copy(), matches[name].index.copy()
@@ -656,10 +688,13 @@ def label_followup(
         disp = np.full(len(tpl), np.nan)
         if both.any():
             keep, ch, dp = consistent_core(
-                reference.xyz[ri[both]], exam.xyz[fi[both]], tol.loose_mm
+                reference.xyz[ri[both]],
+                exam.xyz[fi[both]],
+                thresholds["loose_mm"],
+                thresholds["loose_fit_mm"],
             )
             loose[np.flatnonzero(both)[~keep]] = True
             change[both] = ch
             disp[both] = dp
-        labels[name] = SegmentLabels(name, tpl, ri, fi, loose, change, disp)
+        labels[name] = SegmentLabels(name, tpl, ri, fi, loose, change, disp, thresholds)
     return labels
