@@ -146,7 +146,7 @@ class FakePipeline(Pipeline):
     def read_raw(self, path: str):
         return RawImage(np.load(path))
 
-    def cage_check(self, region: str, view: str, raw) -> dict:
+    def cage_check(self, region: str, view: str, raw):
         return {
             "view": view,
             "cage_markers_expected": 10,
@@ -156,9 +156,9 @@ class FakePipeline(Pipeline):
             "limit": 0.8,
             "message": "10 of 10 cage markers found",
             "missing": [],
-        }
+        }, True
 
-    def reconstruct(self, region: str, raws: dict) -> dict:
+    def reconstruct(self, region: str, raws: dict):
         checks = [
             {
                 "code": "marker_count",
@@ -174,22 +174,22 @@ class FakePipeline(Pipeline):
             "markers": [],
             "ambiguous": [],
             "qc": {"verdict": "pass" if self.verdict_pass else "retake", "checks": checks},
-        }
+        }, raws
 
     def migrate(self, segments: dict, reference: dict, followup: dict) -> dict:
         return {"method": "consistent-marker", "motion": None, "qc": {"verdict": "retake"}}
 
-    def cage_overlay_png(self, region, view, raw, check) -> bytes:
+    def cage_overlay_png(self, raw, res) -> bytes:
         return _png(raw.pixels)
 
-    def result_overlay_png(self, region, view, raw, result) -> bytes:
+    def result_overlay_png(self, raw, res, view) -> bytes:
         return _png(raw.pixels)
 
 
 def _png(px: np.ndarray) -> bytes:
     import cv2
 
-    ok, buf = cv2.imencode(".png", (px >> 4).astype(np.uint8))
+    _ok, buf = cv2.imencode(".png", (px >> 4).astype(np.uint8))
     return buf.tobytes()
 
 

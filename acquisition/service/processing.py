@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,47 +62,42 @@ def sha256_file(path: Path) -> str:
 def write_pair(frames: dict, folder: Path, exam: dict, attempt: int) -> dict:
     """Write both frames as linked DX DICOM files, atomically; return path and SHA-256 of each.
 
-    The writer writes into temporary names in the same folder; each file is
-    fsynced and renamed into place, then the folder is fsynced, so after a crash
-    either the whole file is there under its name or nothing is.
+    The writer writes each file under a temporary name, fsyncs and renames it
+    (``jsonio.write_bytes_atomic``); the folder is then fsynced, so after a
+    crash either the whole file is there under its name or nothing is. Frames
+    that arrived as DICOM files (folder watcher) are kept byte for byte.
     """
-    from acquisition.dicom_writer import write_dx_pair
+    from acquisition.service.detectors import FileFrame, copy_file_frame
 
     folder.mkdir(parents=True, exist_ok=True)
     final = {v: folder / f"{v}.dcm" for v in VIEWS}
-    tmp = {}
-    for v in VIEWS:
-        fd, name = tempfile.mkstemp(prefix=f".{v}.", suffix=".dcm.part", dir=folder)
-        os.close(fd)
-        tmp[v] = Path(name)
-    try:
+    if all(isinstance(frames[v], FileFrame) for v in VIEWS):
+        for v in VIEWS:
+            copy_file_frame(frames[v], final[v])
+    else:
+        from acquisition.dicom_writer import write_dx_pair
+
         write_dx_pair(
-            [frames["A"], frames["B"]],
-            [tmp["A"], tmp["B"]],
+            {v: frames[v] for v in VIEWS},
+            final,
             patient={
                 "id": exam["patient_id"],
                 "name": exam["patient_name"],
-                "birth_date": exam.get("birth_date"),
+                "birth_date": (exam.get("birth_date") or "").replace("-", ""),
             },
             study={
-                "exam_id": exam["id"],
-                "attempt": attempt,
-                "procedure_code": exam["procedure_code"],
                 "region": exam["region"],
+                "study_id": f"RSA{exam['id']}",
+                "accession_number": f"RSA{exam['id']}",
+                "description": f"RSA {exam['region']} ({exam['procedure_code']})",
             },
+            series_number=attempt,
         )
-        for v in VIEWS:
-            with open(tmp[v], "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp[v], final[v])
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
     finally:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
+        os.close(dfd)
     return {v: {"path": str(final[v]), "sha256": sha256_file(final[v])} for v in VIEWS}
 
 
@@ -150,31 +144,42 @@ class Pipeline:
     def read_raw(self, path: str):
         return read_raw(path)
 
-    def cage_check(self, region: str, view: str, raw) -> dict:
+    def cage_check(self, region: str, view: str, raw) -> tuple[dict, Any]:
+        """The contract cage-check dict, and the result object (for the overlay)."""
         from reconstruction.cagecheck import cage_check
 
         station, cage = self.geometry(region)
-        return cage_check(station, cage, view, raw).to_dict()
+        res = cage_check(station, cage, view, raw)
+        return res.to_dict(), res
 
-    def reconstruct(self, region: str, raws: dict) -> dict:
+    def reconstruct(self, region: str, raws: dict) -> tuple[dict, Any]:
         from reconstruction.pipeline import reconstruct
 
         station, cage = self.geometry(region)
-        return reconstruct(station, cage, raws).to_dict()
+        res = reconstruct(station, cage, raws)
+        return res.to_dict(), res
 
     def migrate(self, segments: dict, reference: dict, followup: dict) -> dict:
         from reconstruction.migration import migrate
 
         return migrate(segments, reference, followup).to_dict()
 
-    def cage_overlay_png(self, region: str, view: str, raw, check: dict) -> bytes:
-        from acquisition.service import overlays
+    def cage_overlay_png(self, raw, res) -> bytes:
+        from reconstruction.overlay import draw_cage_check
 
-        station, cage = self.geometry(region)
-        return overlays.cage_png(station, cage, view, raw, check)
+        return png_bytes(draw_cage_check(raw, res))
 
-    def result_overlay_png(self, region: str, view: str, raw, result: dict) -> bytes:
-        from acquisition.service import overlays
+    def result_overlay_png(self, raw, res, view: str) -> bytes:
+        from reconstruction.overlay import draw_reconstruction
 
-        station, cage = self.geometry(region)
-        return overlays.result_png(station, cage, view, raw, result)
+        return png_bytes(draw_reconstruction(raw, res, view))
+
+
+def png_bytes(rgb) -> bytes:
+    """PNG of an RGB uint8 array (OpenCV wants BGR)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()

@@ -12,11 +12,12 @@ REGIONS = ("spine", "upper", "lower")
 
 PROCEDURE_CODES = {"spine": "0348T", "upper": "0349T", "lower": "0350T"}
 
-# kV, mA, ms per tube. Spine: thick, so higher kV and mAs; upper extremity: thin.
+# kV, mA, ms per tube: the spine is thick, so the highest kV; the same values
+# the simulator's phantoms are rendered with by default.
 PRESETS: dict[str, dict[str, float]] = {
-    "spine": {"kv": 90.0, "ma": 200.0, "ms": 100.0},
-    "upper": {"kv": 60.0, "ma": 100.0, "ms": 50.0},
-    "lower": {"kv": 75.0, "ma": 160.0, "ms": 64.0},
+    "spine": {"kv": 85.0, "ma": 200.0, "ms": 40.0},
+    "upper": {"kv": 70.0, "ma": 250.0, "ms": 40.0},
+    "lower": {"kv": 65.0, "ma": 200.0, "ms": 50.0},
 }
 
 

@@ -18,6 +18,7 @@ committed with its audit entry; refused steps raise ``WorkflowError``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -167,6 +168,7 @@ class Runtime:
                     f"The station is busy with exam {busy['id']} ({busy['state']}); "
                     "finish or disarm it first."
                 )
+            self.hw.prepare(exam)
             reasons = self.hw.arm_refusals(exam["technique"])
             if reasons:
                 self.store.record(operator, "arm_refused", exam_id, {"reasons": reasons})
@@ -266,18 +268,29 @@ class Runtime:
                 self.bus.publish("progress", exam_id=eid, stage="exposing", message="X-ray on")
             elif kind == "exposure_report" and act["state"] in (State.ARMED, State.EXPOSING):
                 self._on_report(act, data)
-            elif kind in ("aborted", "fault") and act["state"] in (State.ARMED, State.EXPOSING):
-                last = act["attempts"][-1] if act["attempts"] else None
+            elif (kind == "aborted" and act["state"] in (State.ARMED, State.EXPOSING)) or (
+                kind == "fault" and act["state"] == State.ARMED
+            ):
+                rep = data.get("report")
+                attempt = None
+                if rep is not None:
+                    attempt = {
+                        "pair_index": len(_kept_pairs(act)),
+                        "status": "aborted",
+                        "exposure_id": rep.get("exposure_id"),
+                        "requested": act["technique"],
+                        "report": rep,
+                    }
+                reason = data.get("message") or data.get("reason") or kind
                 exam = self.store.step(
                     eid,
                     "exposure_aborted",
                     SYSTEM,
-                    {"reason": data.get("message") or data.get("reason") or kind, **data},
-                    attempt_updates=(-1, {"status": "aborted", "error": str(data)})
-                    if last and last["status"] == "exposing"
-                    else None,
+                    {"reason": reason, **data},
+                    new_attempt=attempt,
                 )
                 self._publish_exam(exam)
+                self.bus.publish("progress", exam_id=eid, stage="aborted", message=reason)
         except WorkflowError as exc:  # an event that no longer fits: record, never crash
             log.warning("hardware event %s ignored: %s", kind, exc)
             self.store.record(SYSTEM, "event_ignored", None, {"kind": kind, "why": str(exc)})
@@ -367,7 +380,7 @@ class Runtime:
         cage = {v: checks[v].result() for v in VIEWS}
         self.cpu.submit(self._process, exam_id, number, raws, report, cage, t_report).result()
 
-    def _cage_check(self, exam_id, number, region, view, frame, t_arrived) -> dict | None:
+    def _cage_check(self, exam_id, number, region, view, frame, t_arrived) -> dict:
         self.bus.publish(
             "progress",
             exam_id=exam_id,
@@ -376,21 +389,29 @@ class Runtime:
             view=view,
             message=f"cage check of view {view}",
         )
+        obj = raw = None
         try:
             raw = processing.raw_of(frame)
-            check = self.pipeline.cage_check(region, view, raw)
-            latency = time.monotonic() - t_arrived
-            check["latency_s"] = round(latency, 4)
-            png = self.pipeline.cage_overlay_png(region, view, raw, check)
-            adir = self.attempt_dir(exam_id, number)
-            processing.write_file(adir / f"cage-{view}.png", png)
+            check, obj = self.pipeline.cage_check(region, view, raw)
         except Exception as exc:
             log.exception("cage check failed")
             check = {"view": view, "passed": False, "message": f"cage check failed: {exc}"}
-            latency = time.monotonic() - t_arrived
-        with self.store.tx() as c:  # merge into the attempt's cage checks
-            import json
+        check["latency_s"] = round(time.monotonic() - t_arrived, 4)
+        self._merge_cage_check(exam_id, number, view, check)
+        self.bus.publish("cage_check", exam_id=exam_id, attempt=number, **check)
+        if obj is not None:  # the overlay comes after the verdict is on screen
+            try:
+                png = self.pipeline.cage_overlay_png(raw, obj)
+                processing.write_file(self.attempt_dir(exam_id, number) / f"cage-{view}.png", png)
+                self.bus.publish(
+                    "overlay", exam_id=exam_id, attempt=number, name=f"cage-{view}.png"
+                )
+            except Exception:
+                log.exception("cage overlay failed")
+        return check
 
+    def _merge_cage_check(self, exam_id: int, number: int, view: str, check: dict) -> None:
+        with self.store.tx() as c:
             row = c.execute(
                 "SELECT cage_checks FROM attempts WHERE exam_id=? AND number=?", (exam_id, number)
             ).fetchone()
@@ -400,8 +421,6 @@ class Runtime:
                 "UPDATE attempts SET cage_checks=? WHERE exam_id=? AND number=?",
                 (json.dumps(cc), exam_id, number),
             )
-        self.bus.publish("cage_check", exam_id=exam_id, attempt=number, **check)
-        return check
 
     def _process_from_files(self, exam_id: int, number: int) -> None:
         exam = self.store.exam(exam_id)
@@ -426,11 +445,11 @@ class Runtime:
         )
         adir = self.attempt_dir(exam_id, number)
         try:
-            recon = self.pipeline.reconstruct(exam["region"], raws)
+            recon, obj = self.pipeline.reconstruct(exam["region"], raws)
             result = processing.exam_result(recon, report)
             result["processing_s"] = round(time.monotonic() - t_report, 3)
             for v in VIEWS:
-                png = self.pipeline.result_overlay_png(exam["region"], v, raws[v], result)
+                png = self.pipeline.result_overlay_png(raws[v], obj, v)
                 processing.write_file(adir / f"result-{v}.png", png)
             migration = None
             if exam["reference_exam_id"] is not None:
