@@ -199,6 +199,7 @@ class MigrationResult:
                 "reference": self.reference.verdict,
                 "followup": self.followup.verdict,
             },
+            "labelling": next(iter(self.segments.values())).labels.thresholds,
         }
 
 
