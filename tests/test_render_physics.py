@@ -223,3 +223,54 @@ def test_metal_is_opaque_and_beads_are_bright():
         r, c = (round(x) for x in b["image_px"]["A"])
         ring = px[r - 6 : r + 7, c - 6 : c + 7]
         assert px[r, c] > np.median(ring) + 50
+
+
+def test_heel_effect_and_inverse_square_shape_the_open_field():
+    view = _flat_view()
+    tech = {"kv": 70.0, "ma": 250.0, "ms": 40.0, "mas": 10.0}
+    empty = Markers(np.zeros((0, 3)), np.zeros(0))
+    base = RenderOptions(scatter=False, texture=False, blur=False, noiseless=True, bits_stored=16)
+    flat = render_view(
+        view, view, [], empty, tech, replace(base, heel_k=0.0), np.random.default_rng(0)
+    )
+    heel = render_view(
+        view, view, [], empty, tech, replace(base, heel_k=1.0), np.random.default_rng(0)
+    )
+    q0 = stored_to_quanta(flat.pixels, base)
+    q1 = stored_to_quanta(heel.pixels, base)
+    # Without heel: cos^3 fall-off (inverse square times obliquity) from the central ray.
+    det = view.detector
+    rc = np.array([[0.0, 0.0], [399.0, 399.0], [199.5, 0.0]])
+    p = det.pixel_to_world(rc)
+    cos = 1500.0 / np.linalg.norm(p, axis=1)
+    centre = det.center_mm
+    cos0 = 1500.0 / np.linalg.norm(centre)
+    for (r, c), k in zip(rc.astype(int), cos, strict=True):
+        assert q0[r, c] / q0[200, 200] == pytest.approx((k / cos0) ** 3, rel=2e-3)
+    # Heel: exp(-k tan a) along the columns (anode side darker), none across them.
+    ratio = q1 / q0
+    col = det.column_cosines
+    tan_top = (p[0] - centre) @ col / 1500.0
+    assert ratio[0, 200] == pytest.approx(np.exp(-tan_top), rel=5e-3)
+    assert ratio[200, 0] == pytest.approx(ratio[200, 399], rel=1e-3)
+
+
+def test_linear_transfer_dead_pixels_and_bits():
+    ex = simulate_exam(
+        "lower",
+        8,
+        full_resolution=False,
+        transfer="linear",
+        photometric="MONOCHROME1",
+        bits_stored=16,
+        dead_pixels=25,
+    )
+    f = ex.frames["A"]
+    assert f.meta.pixel_intensity_relationship == "LIN" and f.meta.pixel_intensity_sign == 1
+    top = (1 << 16) - 1
+    stuck = np.count_nonzero((f.pixels == 0) | (f.pixels == top))
+    assert 25 <= stuck < 200
+    # Linear in dose: the open field is several times brighter than behind the bone.
+    b = next(b for b in ex.truth["beads"] if b["visible"]["A"])
+    r, c = (round(x) for x in b["image_px"]["A"])
+    assert np.median(f.pixels[:20, :20]) > 3 * np.median(f.pixels[r - 10 : r + 10, c - 10 : c + 10])

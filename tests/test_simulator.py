@@ -311,6 +311,16 @@ def test_cli_writes_the_contract_files(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
+    again = subprocess.run(
+        [*run.args[:-4], str(tmp_path / "again"), *run.args[-3:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    for name in ("A.dcm", "B.dcm", "truth.json", "station.json", "cage.json"):
+        # Same seed, another process: the same bytes.
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     assert sorted(p.name for p in out.iterdir()) == [
         "A.dcm",
         "B.dcm",
