@@ -323,6 +323,17 @@ def reconstruct(
         ia, ib = va.patient_idx, vb.patient_idx
         da, db = va.detections, vb.detections
         cal_px = float(np.hypot(va.calibration.rms_px, vb.calibration.rms_px))
+        # one sphere has one diameter: its two shadows, each divided by its
+        # magnification at the triangulated point, must agree
+        xyz_all, _ = midpoint(
+            va.geometry,
+            np.repeat(da.rc[ia], len(ib), axis=0),
+            vb.geometry,
+            np.tile(db.rc[ib], (len(ia), 1)),
+        )
+        d_a = bead_diameter_mm(va.geometry, xyz_all, np.repeat(da.radius_px[ia], len(ib)))
+        d_b = bead_diameter_mm(vb.geometry, xyz_all, np.tile(db.radius_px[ib], len(ia)))
+        same = (np.abs(d_a - d_b) <= 0.35 * np.maximum(d_a, d_b) + 0.05).reshape(len(ia), len(ib))
         matching = match(
             va.geometry,
             da.rc[ia],
@@ -331,17 +342,12 @@ def reconstruct(
             db.rc[ib],
             db.sigma_px[ib],
             calibration_px=cal_px,
+            compatible=same,
         )
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]
             pb = ib[matching.pairs[:, 1]]
             xyz, crossing = midpoint(va.geometry, da.rc[pa], vb.geometry, db.rc[pb])
-            # one sphere has one diameter: its two shadows, each divided by its
-            # magnification at the triangulated point, must agree
-            d_a = bead_diameter_mm(va.geometry, xyz, da.radius_px[pa])
-            d_b = bead_diameter_mm(vb.geometry, xyz, db.radius_px[pb])
-            same = np.abs(d_a - d_b) <= 0.35 * np.maximum(d_a, d_b) + 0.05
-            pa, pb, xyz, crossing = pa[same], pb[same], xyz[same], crossing[same]
             order = np.lexsort((da.rc[pa, 1], da.rc[pa, 0]))
             for n, i in enumerate(order, start=1):
                 markers.append(

@@ -120,6 +120,7 @@ def match(
     calibration_px: float = 0.0,
     k_sigma: float = 3.0,
     max_shift_px: float = 30.0,
+    compatible: np.ndarray | None = None,
 ) -> Matching:
     """Match beads between views.
 
@@ -137,6 +138,8 @@ def match(
         Gate in standard errors.
     max_shift_px : float
         Largest patient motion across the epipolar lines that is looked for.
+    compatible : ndarray (nA, nB) bool, optional
+        Pairs that could be one bead on other grounds (e.g. the same diameter).
     """
     n_a, n_b = len(rc_a), len(rc_b)
     if n_a == 0 or n_b == 0:
@@ -147,6 +150,8 @@ def match(
     sig = np.sqrt(sigma_a[:, None] ** 2 + sigma_b[None, :] ** 2 + calibration_px**2)
     gate = k_sigma * sig
     phys = _physical(view_a, rc_a, view_b, rc_b)
+    if compatible is not None:
+        phys &= compatible
     edges = (sym <= gate) & phys
     pairs, amb = _resolve(edges)
 
@@ -155,7 +160,8 @@ def match(
     vals = np.sort(d_b[near])
     if len(vals) >= 3:
         g = float(np.median(gate))
-        width = g + 0.1 * np.abs(vals)
+        # the shift varies a little over the field (magnification): a few per cent
+        width = 1.5 * g + 0.04 * np.abs(vals)
         lo = np.searchsorted(vals, vals - width, "left")
         hi = np.searchsorted(vals, vals + width, "right")
         counts = hi - lo
@@ -164,9 +170,9 @@ def match(
         shift = float(vals[best])
         # pairs scattered at random over the band would put this many in the window
         chance = len(vals) * 2 * width[best] / (2 * max_shift_px)
-        significant = counts[best] >= chance + 5 * np.sqrt(chance) + 3
+        significant = counts[best] >= chance + 3 * np.sqrt(chance) + 2
         if significant and counts[best] >= 1.5 * len(pairs) + 1 and abs(shift) > 2 * g:
-            w = gate + 0.1 * abs(shift)
+            w = 1.5 * gate + 0.04 * abs(shift)
             moved = (np.abs(d_b - shift) <= w) & phys
             m_pairs, m_amb = _resolve(moved)
             if len(m_pairs) > len(pairs):
