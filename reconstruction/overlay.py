@@ -67,7 +67,7 @@ def draw_cage_check(image: RawImage | np.ndarray, result) -> np.ndarray:
     for j, rc in enumerate(result.detections_rc):
         if j not in ident:
             cv2.circle(rgb, _pt(rc, s), max(3, r // 2), YELLOW, 1, cv2.LINE_AA)
-    for i, j in zip(result.marker_idx, result.det_idx, strict=True):
+    for j in result.det_idx:
         cv2.circle(rgb, _pt(result.detections_rc[j], s), r, GREEN, 2, cv2.LINE_AA)
     found = np.zeros(len(result.expected_mask), bool)
     found[result.marker_idx] = True

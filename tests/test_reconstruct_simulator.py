@@ -41,7 +41,7 @@ def _matched(ex, res, tol_mm=0.2):
 
 @pytest.mark.parametrize("case", CASES)
 def test_calibration_matches_the_geometry_on_the_day(exams, case):
-    ex, station, cage, res = exams[case]
+    ex, _station, cage, res = exams[case]
     for v in "AB":
         out = res.to_dict()["views"][v]
         true_focus = np.array(ex.truth["views"][v]["focus_mm"])
@@ -63,7 +63,7 @@ def test_calibration_matches_the_geometry_on_the_day(exams, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_no_false_markers_and_still_patient_passes(exams, case):
-    ex, station, cage, res = exams[case]
+    ex, _station, cage, res = exams[case]
     j, dist, _ = _matched(ex, res)
     assert np.all(dist < 0.2), f"false markers: {np.count_nonzero(dist >= 0.2)}"
     assert len(set(j.tolist())) == len(j)
@@ -97,8 +97,8 @@ def test_patient_moving_1mm_across_epipolar_planes_gets_retake(region):
 )
 @pytest.mark.parametrize("case", CASES)
 def test_goal_recall_of_beads_visible_in_both_views(exams, case):
-    ex, station, cage, res = exams[case]
-    j, dist, truth = _matched(ex, res)
+    ex, _station, _cage, res = exams[case]
+    j, dist, _truth = _matched(ex, res)
     both = [i for i, b in enumerate(ex.truth["beads"]) if b["visible"]["A"] and b["visible"]["B"]]
     found = set(j[dist < 0.2].tolist()) & set(both)
     assert len(found) >= 0.98 * len(both), f"{len(found)} of {len(both)}"
@@ -110,6 +110,6 @@ def test_goal_recall_of_beads_visible_in_both_views(exams, case):
 )
 @pytest.mark.parametrize("case", CASES)
 def test_goal_3d_error_15um_rms(exams, case):
-    ex, station, cage, res = exams[case]
+    ex, _station, _cage, res = exams[case]
     _, dist, _ = _matched(ex, res)
     assert len(dist) and 1000 * np.sqrt(np.mean(dist**2)) <= 15.0
