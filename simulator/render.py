@@ -6,7 +6,8 @@ Signal chain, per pixel, in detected X-ray quanta:
    integrals ``L_i`` of every solid computed analytically
    (:mod:`simulator.primitives`). Smooth bodies (soft tissue, bone) are
    integrated on a coarse grid and upsampled bilinearly; metal implants at
-   full resolution inside their bounding boxes; markers (beads, cage markers)
+   full resolution inside their bounding boxes (and blurred by the focal-spot
+   penumbra at their magnification); markers (beads, cage markers)
    in small windows, supersampled ``S x S`` per pixel and averaged in the
    intensity domain (what a pixel integrates), then blurred by the focal-spot
    penumbra of their own magnification, a Gaussian of FWHM
@@ -204,19 +205,46 @@ def line_integrals(
     return out
 
 
-def metal_full(view: ViewGeometry, solids: list[Solid], kv: float, tau: np.ndarray) -> None:
-    """Add the metal solids' optical depth at full resolution, in their boxes (in place)."""
+def metal_full(
+    view: ViewGeometry,
+    solids: list[Solid],
+    kv: float,
+    shape: tuple[int, int],
+    focal_spot_mm: float = 0.0,
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Transmission of the metal at full resolution, in the box that holds it all.
+
+    Returns ``((r0, r1, c0, c1), transmission)`` or None without metal in view.
+    With ``focal_spot_mm`` the transmission is blurred by the focal-spot
+    penumbra at the metal's magnification (Gaussian, FWHM ``spot (M - 1)``):
+    implant edges are as soft as the beads next to them.
+    """
+    metal = [s for s in solids if s.is_metal]
+    boxes = [(s, _bbox(view, s, shape, 2)) for s in metal]
+    boxes = [(s, bb) for s, bb in boxes if bb is not None]
+    if not boxes:
+        return None
     det = view.detector
-    for s in solids:
-        if not s.is_metal:
-            continue
-        bb = _bbox(view, s, tau.shape, 2)
-        if bb is None:
-            continue
-        r0, r1, c0, c1 = bb
-        dirs, _ = _ray_dirs(view, np.arange(r0, r1, dtype=float), np.arange(c0, c1, dtype=float))
-        tau[r0:r1, c0:c1] += np.float32(s.mu(kv)) * s.chord(view.focus_mm, dirs)
-    del det
+    centre = np.mean([s.center for s, _ in boxes], axis=0)
+    hit = det.pixel_to_world(view.project(centre))
+    mag = float(np.linalg.norm(hit - view.focus_mm) / np.linalg.norm(centre - view.focus_mm))
+    sigma = focal_spot_mm * max(mag - 1.0, 0.0) / 2.3548 / float(det.pixel_spacing_mm.min())
+    pad = int(np.ceil(3 * sigma)) + 1
+    r0 = max(min(bb[0] for _, bb in boxes) - pad, 0)
+    r1 = min(max(bb[1] for _, bb in boxes) + pad, shape[0])
+    c0 = max(min(bb[2] for _, bb in boxes) - pad, 0)
+    c1 = min(max(bb[3] for _, bb in boxes) + pad, shape[1])
+    tau = np.zeros((r1 - r0, c1 - c0), np.float32)
+    for s, (a0, a1, b0, b1) in boxes:
+        dirs, _ = _ray_dirs(view, np.arange(a0, a1, dtype=float), np.arange(b0, b1, dtype=float))
+        tau[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] += np.float32(s.mu(kv)) * s.chord(
+            view.focus_mm, dirs
+        )
+    np.negative(tau, out=tau)
+    trans = cv2.exp(tau)
+    if sigma > 0.05:
+        trans = cv2.GaussianBlur(trans, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    return (r0, r1, c0, c1), trans
 
 
 def _gauss_matrix(size: int, sigma: np.ndarray) -> np.ndarray:
@@ -494,9 +522,12 @@ def render_view(
         canc = up(np.sqrt(np.maximum(lay["canc"], 0)))
         canc *= _texture(rng_tex, shape)
         tau += canc * np.float32(mu("cancellous", kv) * opts.texture_amplitude)
-    metal_full(view, solids, kv, tau)
     np.negative(tau, out=tau)
     transmission = cv2.exp(tau)
+    metal = metal_full(view, solids, kv, shape, opts.focal_spot_mm if opts.blur else 0.0)
+    if metal is not None:
+        (r0, r1, c0, c1), trans = metal
+        transmission[r0:r1, c0:c1] *= trans
 
     if opts.include_markers and len(markers.xyz_mm):
         top, win, _ = marker_windows(
