@@ -1,0 +1,115 @@
+"""DICOM reading: pixel meaning, compressed transfer syntaxes, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from acquisition.dicom_reader import check_against_detector, read_dicom, read_raw_image
+from reconstruction.errors import InputError
+from reconstruction.geometry import Detector
+from reconstruction.image import to_display
+
+ROWS, COLS = 64, 48
+DET = Detector(
+    np.zeros(3), np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0.15, 0.15]), ROWS, COLS
+)
+
+
+def make_ds(pixels=None, photometric="MONOCHROME2", bits=14, spacing=(0.15, 0.15), **extra):
+    rng = np.random.default_rng(0)
+    if pixels is None:
+        pixels = rng.integers(0, 1 << bits, size=(ROWS, COLS)).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if spacing is not None:
+        ds.ImagerPixelSpacing = list(spacing)
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    ds.PixelData = pixels.tobytes()
+    return ds, pixels
+
+
+def save(ds, path):
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_reads_pixels_and_their_meaning(tmp_path):
+    ds, px = make_ds(photometric="MONOCHROME1", RescaleSlope="2", RescaleIntercept="-5")
+    raw = read_raw_image(save(ds, tmp_path / "a.dcm"), DET, "A")
+    assert np.array_equal(raw.pixels, px)
+    assert raw.photometric == "MONOCHROME1" and raw.bits_stored == 14
+    assert raw.rescale_slope == 2.0 and raw.rescale_intercept == -5.0
+    # markers bright: MONOCHROME1 inverts, after the modality LUT
+    assert np.allclose(to_display(raw), -(2.0 * px - 5))
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEG2000Lossless", "RLELossless"])
+def test_compressed_transfer_syntaxes(tmp_path, syntax):
+    ds, px = make_ds(
+        bits=12, pixels=np.arange(ROWS * COLS, dtype=np.uint16).reshape(ROWS, COLS) % 4096
+    )
+    uid = getattr(pydicom.uid, syntax)
+    try:
+        ds.compress(uid)
+    except Exception as exc:  # an encoder the machine lacks is not the reader's fault
+        pytest.skip(f"cannot encode {syntax} here: {exc}")
+    raw = read_raw_image(save(ds, tmp_path / "c.dcm"), DET, "A")
+    assert np.array_equal(raw.pixels, px)
+
+
+def test_unusable_files_give_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_dicom(tmp_path / "missing.dcm")
+    (tmp_path / "text.dcm").write_text("hello")
+    with pytest.raises(InputError, match="not a DICOM file"):
+        read_dicom(tmp_path / "text.dcm")
+    ds, _ = make_ds()
+    path = save(ds, tmp_path / "t.dcm")
+    data = path.read_bytes()
+    (tmp_path / "trunc.dcm").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(InputError, match="pixel data") as err:
+        read_dicom(tmp_path / "trunc.dcm")
+    assert "\n" not in str(err.value) and "trunc.dcm" in str(err.value)
+    ds, _ = make_ds()
+    del ds.PixelData
+    with pytest.raises(InputError, match="no pixel data"):
+        read_dicom(save(ds, tmp_path / "nopix.dcm"))
+    ds, _ = make_ds(photometric="RGB")
+    with pytest.raises(InputError, match="PhotometricInterpretation"):
+        read_dicom(save(ds, tmp_path / "rgb.dcm"))
+
+
+def test_image_must_match_the_station_detector(tmp_path):
+    ds, _ = make_ds(pixels=np.zeros((ROWS, COLS + 2), np.uint16))
+    img = read_dicom(save(ds, tmp_path / "size.dcm"))
+    with pytest.raises(InputError, match="64x50 pixels but the station's detector A is 64x48"):
+        check_against_detector(img, DET, "A")
+    ds, _ = make_ds(spacing=(0.152, 0.15))  # 1.3 % off
+    img = read_dicom(save(ds, tmp_path / "sp.dcm"))
+    with pytest.raises(InputError, match="more than 1%"):
+        check_against_detector(img, DET, "A")
+    ds, _ = make_ds(spacing=(0.1514, 0.1499))  # within 1 %
+    check_against_detector(read_dicom(save(ds, tmp_path / "ok.dcm")), DET, "A")
+    ds, _ = make_ds(spacing=None, PixelSpacing=[0.15, 0.15])  # falls back to PixelSpacing
+    check_against_detector(read_dicom(save(ds, tmp_path / "ps.dcm")), DET, "A")
+    ds, _ = make_ds(spacing=None)
+    with pytest.raises(InputError, match="ImagerPixelSpacing missing"):
+        check_against_detector(read_dicom(save(ds, tmp_path / "nosp.dcm")), DET, "A")

@@ -1,0 +1,107 @@
+"""``rsa-station reconstruct``: contract JSON, exit status, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("simulator.exam")
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "acquisition.cli", *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    r = cli("simulate", "--region", "lower", "--seed", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_writes_the_contract_result(sim):
+    out = sim / "result.json"
+    r = cli(
+        "reconstruct",
+        "--station",
+        sim / "station.json",
+        "--cage",
+        sim / "cage.json",
+        sim / "A.dcm",
+        sim / "B.dcm",
+        "-o",
+        out,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert set(d) >= {"views", "markers", "ambiguous", "qc"}
+    for v in "AB":
+        assert set(d["views"][v]) >= {
+            "focus_mm",
+            "calibration_rms_px",
+            "cage_markers_expected",
+            "cage_markers_found",
+        }
+    for m in d["markers"]:
+        assert set(m) >= {"id", "xyz_mm", "crossing_mm", "image_px"}
+        assert set(m["image_px"]) == {"A", "B"}
+    assert d["qc"]["verdict"] in ("pass", "retake")
+    assert [c["code"] for c in d["qc"]["checks"]] == [
+        "cage_visibility",
+        "cage_visibility",
+        "calibration_residual",
+        "calibration_residual",
+        "marker_count",
+        "crossing_error",
+    ]
+    for c in d["qc"]["checks"]:
+        assert set(c) == {"code", "view", "passed", "value", "limit", "message"}
+
+
+def test_views_swapped_is_not_an_error_but_a_retake(sim, tmp_path):
+    out = tmp_path / "r.json"
+    r = cli(
+        "reconstruct",
+        "--station",
+        sim / "station.json",
+        "--cage",
+        sim / "cage.json",
+        sim / "B.dcm",
+        sim / "A.dcm",
+        "-o",
+        out,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["qc"]["verdict"] == "retake"
+
+
+@pytest.mark.parametrize("case", ["missing", "not_dicom", "bad_json", "wrong_kind", "size"])
+def test_unusable_input_exits_2_with_one_line(sim, tmp_path, case):
+    station, cage = sim / "station.json", sim / "cage.json"
+    a, b = sim / "A.dcm", sim / "B.dcm"
+    if case == "missing":
+        a = tmp_path / "none.dcm"
+    elif case == "not_dicom":
+        a = tmp_path / "x.dcm"
+        a.write_text("not an image")
+    elif case == "bad_json":
+        station = tmp_path / "s.json"
+        station.write_text("{")
+    elif case == "wrong_kind":
+        cage = tmp_path / "c.json"
+        cage.write_text('{"markers": 3}')
+    elif case == "size":
+        st = json.loads((sim / "station.json").read_text())
+        st["views"]["A"]["detector"]["rows"] += 2
+        station = tmp_path / "s.json"
+        station.write_text(json.dumps(st))
+    r = cli("reconstruct", "--station", station, "--cage", cage, a, b, "-o", tmp_path / "o.json")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.json").exists()
