@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from acquisition.jsonio import write_bytes_atomic
 from reconstruction.errors import InputError
@@ -65,6 +65,8 @@ VIEWS = {
     "LL": ("399173006", "SCT", "left lateral"),
     "RL": ("399198007", "SCT", "right lateral"),
 }
+# Lossless encodings pydicom can write with the installed plugins (pylibjpeg-openjpeg).
+COMPRESSION = {"none": None, "rle": RLELossless, "jpeg2000": JPEG2000Lossless}
 STEREO_PURPOSE = ("121315", "DCM", "Other image of stereoscopic pair")
 
 
@@ -136,8 +138,17 @@ def build_dx_dataset(
     instance_number: int = 1,
     series_number: int = 1,
     manufacturer: str = "RSA Station",
+    compression: str = "none",
 ) -> FileDataset:
-    """One DX dataset from a frame (see the module docstring for the contents)."""
+    """One DX dataset from a frame (see the module docstring for the contents).
+
+    ``compression``: ``"none"`` (Explicit VR Little Endian), ``"rle"`` (RLE
+    Lossless) or ``"jpeg2000"`` (JPEG 2000 Lossless Only).
+    """
+    if compression not in COMPRESSION:
+        raise InputError(
+            f"DX compression: expected one of {', '.join(COMPRESSION)}, got {compression!r}"
+        )
     m = frame.meta
     px = np.ascontiguousarray(frame.pixels)
     if px.ndim != 2 or px.dtype != np.uint16:
@@ -296,6 +307,9 @@ def build_dx_dataset(
         ds.WindowWidth = _ds(width)
         ds.VOILUTFunction = "LINEAR"
     ds.PixelData = px.astype("<u2", copy=False).tobytes()
+    if COMPRESSION[compression] is not None:
+        ds.compress(COMPRESSION[compression], px)
+        ds.file_meta.TransferSyntaxUID = COMPRESSION[compression]
     return ds
 
 
@@ -307,6 +321,7 @@ def dx_pair_datasets(
     for_presentation: bool = True,
     uid_seed: Any | None = None,
     series_number: int = 1,
+    compression: str = "none",
 ) -> dict[str, FileDataset]:
     """The two linked DX datasets of a stereo pair, keyed by view.
 
@@ -346,6 +361,7 @@ def dx_pair_datasets(
             referenced=refs,
             instance_number=i + 1,
             series_number=series_number,
+            compression=compression,
         )
     return out
 
@@ -368,6 +384,7 @@ def write_dx_pair(
     for_presentation: bool = True,
     uid_seed: Any | None = None,
     series_number: int = 1,
+    compression: str = "none",
 ) -> dict[str, FileDataset]:
     """Write the stereo pair as two DX files (atomically); returns the datasets by view.
 
@@ -388,6 +405,7 @@ def write_dx_pair(
         for_presentation=for_presentation,
         uid_seed=uid_seed,
         series_number=series_number,
+        compression=compression,
     )
     for v, ds in datasets.items():
         write_bytes_atomic(paths[v], dataset_bytes(ds))

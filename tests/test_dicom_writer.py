@@ -178,6 +178,21 @@ def test_sequences_none_values_and_explicit_procedure_code(exams, tmp_path):
     assert _problems([_tool("dcentvfy"), *map(str, paths)]) == []
 
 
+@pytest.mark.parametrize("compression", ["rle", "jpeg2000"])
+def test_lossless_compression_round_trips_and_stays_conformant(exams, tmp_path, compression):
+    exam = exams["upper"]
+    paths = {v: tmp_path / f"{v}.dcm" for v in "AB"}
+    write_dx_pair(
+        exam.frames, paths, patient=PATIENT, study={"region": "upper"}, compression=compression
+    )
+    for v, p in paths.items():
+        ds = pydicom.dcmread(p)
+        assert ds.file_meta.TransferSyntaxUID.is_compressed
+        assert np.array_equal(ds.pixel_array, exam.frames[v].pixels)
+        assert _problems([_tool("dciodvfy"), str(p)]) == []
+    assert _problems([_tool("dcentvfy"), *map(str, paths.values())]) == []
+
+
 def test_bad_frames_are_input_errors(exams, tmp_path):
     exam = exams["lower"]
     with pytest.raises(InputError, match="no output path"):

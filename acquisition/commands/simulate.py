@@ -76,6 +76,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write DX For Processing instead of For Presentation",
     )
+    p.add_argument(
+        "--compression",
+        choices=["none", "rle", "jpeg2000"],
+        default="none",
+        help="lossless pixel encoding of the DICOM files (default none)",
+    )
     p.add_argument("--noiseless", action="store_true", help="no quantum or read noise")
     p.add_argument("--no-blur", action="store_true", help="no focal-spot or detector blur")
     p.add_argument(
@@ -117,7 +123,14 @@ def _study(exam, series_name: str | None = None) -> tuple[dict, dict]:
     return patient, study
 
 
-def write_exam(exam, out: Path, *, for_presentation: bool = True, name: str | None = None) -> None:
+def write_exam(
+    exam,
+    out: Path,
+    *,
+    for_presentation: bool = True,
+    name: str | None = None,
+    compression: str = "none",
+) -> None:
     """Write one simulated exam as the contract's files into ``out``."""
     from acquisition.dicom_writer import write_dx_pair
     from acquisition.jsonio import write_json
@@ -133,6 +146,7 @@ def write_exam(exam, out: Path, *, for_presentation: bool = True, name: str | No
         study=study,
         for_presentation=for_presentation,
         uid_seed=f"{exam.region}-{exam.seed}-{name or ''}",
+        compression=compression,
     )
     truth = dict(exam.truth)
     truth["dicom"] = {
@@ -159,9 +173,8 @@ def run(args: argparse.Namespace) -> int:
         blur=not args.no_blur,
     )
     if args.series:
-        from simulator.series import simulate_series
-
         from acquisition.jsonio import write_json
+        from simulator.series import simulate_series
 
         series = simulate_series(
             args.region,
@@ -172,12 +185,18 @@ def run(args: argparse.Namespace) -> int:
             **common,
         )
         for label, exam in series.exams.items():
-            write_exam(exam, out / label, for_presentation=not args.for_processing, name=label)
+            write_exam(
+                exam,
+                out / label,
+                for_presentation=not args.for_processing,
+                name=label,
+                compression=args.compression,
+            )
         write_json(out / "segments.json", series.segments)
         write_json(out / "series.json", series.summary())
         print(f"wrote {len(series.exams)} examinations to {out}")
         return 0
     exam = simulate_exam(args.region, args.seed, motion_mm=args.motion, **common)
-    write_exam(exam, out, for_presentation=not args.for_processing)
+    write_exam(exam, out, for_presentation=not args.for_processing, compression=args.compression)
     print(f"wrote {out}/station.json cage.json A.dcm B.dcm truth.json")
     return 0
