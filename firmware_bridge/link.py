@@ -336,7 +336,9 @@ class Link:
         req.tries += 1
         if req.tries > 1:
             self.stats.retransmits += 1
-        req.deadline = time.monotonic() + self.opts.ack_timeout
+        # exponential back-off (x1, x2, x4, x8 cap): a congested or slow line is
+        # not made worse by our own retransmissions
+        req.deadline = time.monotonic() + self.opts.ack_timeout * min(8, 1 << (req.tries - 1))
         self._write(Frame(int(req.mtype), req.seq, req.payload, self.opts.protocol_version))
 
     def _write(self, frame: Frame) -> None:
@@ -510,7 +512,8 @@ class Link:
 
     def _on_ack_timeout(self, req: Request) -> None:
         if req.idempotent:
-            if req.tries <= self.opts.retries:
+            # a QUERY_SEQ keeps asking until its command's time is up: we must find out
+            if req.tries <= self.opts.retries or req.query_for is not None:
                 self._send_request(req)
             else:
                 self._resolve(

@@ -140,7 +140,7 @@ def test_timeout_error_names_what_was_pending():
 
 def test_exposure_command_timeout_says_outcome_unknown():
     url, ctl = fresh()
-    with SyncController(url, ack_timeout=0.02, retries=2) as c:
+    with SyncController(url, ack_timeout=0.02, retries=2, command_timeout=0.5) as c:
         c.set_technique("A", 70, 100, 10)
         c.set_technique("B", 70, 100, 10)
         ctl.set_link(drop_rate=1.0)
