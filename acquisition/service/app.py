@@ -157,6 +157,13 @@ class AuditOut(BaseModel):
     hash: str
 
 
+class SimulatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    interlock: Literal["door", "collimator", "detector_a_ready", "detector_b_ready"] | None = None
+    closed: bool = True
+    hand_switch: Literal["off", "prep", "expose"] | None = None
+
+
 class VerifyOut(BaseModel):
     ok: bool
     entries: int
@@ -353,6 +360,20 @@ def create_app(runtime: Runtime, *, own_runtime: bool = True) -> FastAPI:
                     return
         finally:
             runtime.bus.unsubscribe(q)
+
+    @app.post(
+        "/api/simulator",
+        tags=["station"],
+        responses=AUTH | BODY | _err(404),
+    )
+    def simulator(body: SimulatorIn, user: Exam) -> dict[str, Any]:
+        """Simulator only: open or close an interlock, or work the board's
+        physical hand switch. 404 when the station runs on real hardware."""
+        runtime.hw.simulator_control(body.interlock, body.closed, body.hand_switch)
+        runtime.store.record(
+            user.username, "simulator_control", None, body.model_dump(exclude_none=True)
+        )
+        return runtime.status()
 
     # -------------------------------------------------------------- exams
     @app.post(

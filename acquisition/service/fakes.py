@@ -60,6 +60,14 @@ class FakeHardware(Hardware):
     def set_interlock(self, name: str, closed: bool) -> None:
         self.emit("status", **self.cache.update(interlocks={name: closed}))
 
+    simulated = True
+
+    def simulator_control(self, interlock, closed, hand_switch):
+        if interlock is not None:
+            self.set_interlock(interlock, closed)
+        if hand_switch == "expose" and self.armed:
+            self.hold()
+
     def set_heat(self, tube: str, pct: float) -> None:
         self.emit("status", **self.cache.update(tube_heat={tube: pct}))
 

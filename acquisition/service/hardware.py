@@ -94,6 +94,12 @@ class Hardware:
     def wait_frame(self, view: str, exposure_id: int | None, timeout: float):
         raise NotImplementedError
 
+    simulated = False
+
+    def simulator_control(self, interlock: str | None, closed: bool, hand_switch: str | None):
+        """Operate the simulated board's inputs (door, collimator, physical hand switch)."""
+        raise LookupError("The station is not running on the simulator.")
+
 
 class SerialOwner:
     """One thread that makes every call on the serial link, in order."""
@@ -321,6 +327,22 @@ class StationHardware(Hardware):
 
     def wait_frame(self, view: str, exposure_id, timeout: float):
         return self.detectors.wait_frame(view, exposure_id, timeout)
+
+    @property
+    def simulated(self) -> bool:  # type: ignore[override]
+        return self.url.startswith("sim://")
+
+    def simulator_control(self, interlock: str | None, closed: bool, hand_switch: str | None):
+        if not self.simulated:
+            return super().simulator_control(interlock, closed, hand_switch)
+        from simulator.controller import get_controller
+
+        ctl = get_controller(self.url[len("sim://") :].split("?")[0])
+        if interlock is not None:
+            ctl.set_interlock(interlock, closed)
+        if hand_switch is not None:
+            ctl.press_hand_switch(hand_switch)
+        self._emit_status(self.refresh())
 
     # ------------------------------------------------------------------ events
     def _on_event(self, ev) -> None:

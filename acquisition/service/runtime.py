@@ -117,6 +117,7 @@ class Runtime:
         st = self.hw.status()
         act = self.store.active_exam()
         st["active_exam"] = act["id"] if act else None
+        st["simulated"] = bool(self.hw.simulated)
         return st
 
     def exam(self, exam_id: int) -> dict:

@@ -99,9 +99,31 @@ function connect() {
   source.onerror = () => { $("st-controller").textContent = "station: reconnecting…"; };
 }
 
+// Simulator only: the room's inputs, so the demo can show refusals and the physical switch.
+let lastStatus = null;
+async function simulator(body) {
+  try { renderStatus(await api("POST", "/api/simulator", body)); } catch (e) { say(e.message); }
+}
+for (const name of ["door", "collimator"]) {
+  $(`sim-${name}`).addEventListener("click", () => {
+    const closed = lastStatus && lastStatus.interlocks ? lastStatus.interlocks[name] : true;
+    simulator({ interlock: name, closed: !closed });
+  });
+}
+let simHandDown = false;
+$("sim-hand").addEventListener("pointerdown", () => { simHandDown = true; simulator({ hand_switch: "expose" }); });
+for (const ev of ["pointerup", "pointerleave", "pointercancel"]) {
+  $("sim-hand").addEventListener(ev, () => { if (simHandDown) { simHandDown = false; simulator({ hand_switch: "off" }); } });
+}
+
 function chip(el, text, cls) { el.textContent = text; el.className = "chip " + (cls || ""); }
 
 function renderStatus(s) {
+  lastStatus = s;
+  if (s.simulated !== undefined) $("sim-panel").hidden = !s.simulated;
+  for (const name of ["door", "collimator"]) {
+    if (s.interlocks && name in s.interlocks) $(`sim-${name}`).textContent = `${s.interlocks[name] ? "Open" : "Close"} ${name}`;
+  }
   const c = s.controller || {};
   chip($("st-controller"), `controller: ${c.connected ? c.state : "not connected"}${c.fault ? " — " + c.fault : ""}`,
     !c.connected || c.fault ? "bad" : (c.state === "exposing" ? "warn" : "ok"));
