@@ -70,7 +70,7 @@ def test_region_sets_procedure_code_and_preset(station):
 
 
 def test_whole_exam_records_requested_and_actual_technique(station):
-    c, rt, hw, _ = station
+    c, _rt, _hw, _ = station
     eid = register(c)["id"]
     e = expose(c, eid)
     assert e["state"] == "review"
@@ -171,7 +171,7 @@ def test_arm_refused_with_the_reason(station, setup, reason):
 
 
 def test_retake_keeps_every_attempt_and_records_the_one_used(station):
-    c, rt, hw, pipeline = station
+    c, rt, _hw, pipeline = station
     eid = register(c)["id"]
     pipeline.verdict_pass = False
     e = expose(c, eid)
@@ -226,7 +226,7 @@ def test_fault_while_armed_aborts_and_is_audited(station):
 
 
 def test_missing_frame_aborts_the_attempt(station):
-    c, rt, hw, _ = station
+    c, _rt, hw, _ = station
     hw.deliver = False
     eid = register(c)["id"]
     e = expose(c, eid)
@@ -278,7 +278,7 @@ def test_bad_input_gets_one_clear_error(station):
 
 
 def test_session_required_except_public_paths(station, tmp_path):
-    c, rt, *_ = station
+    c, _rt, *_ = station
     anon = TestClient(c.app)
     for path in (
         "/api/health",
@@ -307,7 +307,7 @@ def test_session_required_except_public_paths(station, tmp_path):
 
 
 def test_roles(station):
-    c, rt, *_ = station
+    c, _rt, *_ = station
     assert c.get("/api/audit").status_code == 403  # a technician
     assert c.get("/api/users").status_code == 403
     c.post("/api/login", json={"username": "root", "password": "root-password"})
@@ -327,7 +327,7 @@ def test_roles(station):
 
 
 def test_event_stream_starts_with_current_status(station):
-    c, rt, hw, _ = station
+    c, _rt, _hw, _ = station
     eid = register(c)["id"]
     r = c.get("/api/events?limit=2")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -343,7 +343,7 @@ def test_event_stream_starts_with_current_status(station):
 
 
 def test_progress_events_cover_exposure_and_processing(station):
-    c, rt, hw, _ = station
+    c, rt, _hw, _ = station
     seen = []
     rt.bus.add_listener(lambda ev: seen.append((ev.kind, ev.data.get("stage"))))
     eid = register(c)["id"]

@@ -52,7 +52,7 @@ class StationProcess:
         ]
         if self.binned:
             cmd.append("--sim-binned")
-        self.log = open(self.data.parent / f"station-{self.port}.log", "ab")
+        self.log = open(self.data.parent / f"station-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "RSA_DEBUG": "1"}
         )
