@@ -282,7 +282,7 @@ def refine(
                 improved = True
                 break
             lam *= 10
-        if not improved or np.max(np.abs(dx)) < 1e-9:
+        if not improved or np.max(np.abs(dx)) < 1e-7:
             break
     return x * sc
 
@@ -325,7 +325,10 @@ def calibrate(
     inl = np.ones(n, bool)
     theta = start
     candidates = [start]
-    if dlt_focus is not None:
+    if dlt_focus is not None and (
+        theta0 is None or np.linalg.norm(dlt_focus - model.nominal.focus_mm - start[0:3]) > 5.0
+    ):
+        # the linear camera disagrees with the starting pose: try both starts
         alt = start.copy()
         alt[0:3] = dlt_focus - model.nominal.focus_mm
         candidates.append(alt)

@@ -282,17 +282,18 @@ def _model(dr, dc, p):
 
     ``p`` columns: r0, c0, R, s, A, B0, Br, Bc (offsets relative to the window centre).
     """
+    p = p.astype(dr.dtype, copy=False)
     r0, c0, rad, s, a = (p[:, i : i + 1] for i in range(5))
     b0, br, bc = p[:, 5:6], p[:, 6:7], p[:, 7:8]
     yr = dr - r0
     yc = dc - c0
     rho = np.sqrt(yr * yr + yc * yc + 1e-6)
     u = (rho - rad) / s
-    disc = 0.5 * erfc(u / _SQRT2)
-    phi = np.exp(-0.5 * u * u) * (_INV_SQRT_2PI / s)
+    disc = 0.5 * erfc(u * dr.dtype.type(1 / _SQRT2))
+    phi = np.exp(dr.dtype.type(-0.5) * u * u) * (dr.dtype.type(_INV_SQRT_2PI) / s)
     model = b0 + br * dr + bc * dc + a * disc
     ap = a * phi
-    jac = np.empty((*dr.shape[:1], dr.shape[1], 8))
+    jac = np.empty((*dr.shape[:1], dr.shape[1], 8), dtype=dr.dtype)
     jac[..., 0] = ap * yr / rho
     jac[..., 1] = ap * yc / rho
     jac[..., 2] = ap
@@ -371,7 +372,7 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds):
         cost[idx] = cost_t[better]
         lam[act] = np.where(better, lam[act] * 0.3, lam[act] * 10.0)
         done = np.zeros(len(act), bool)
-        done[better] = (np.abs(step[better, :2]).max(1) < 1e-4) & (rel < 1e-7)
+        done[better] = (np.abs(step[better, :2]).max(1) < 1e-3) | (rel < 1e-6)
         done |= lam[act] > 1e6
         act = act[~done]
     return p, cost, jac
@@ -382,13 +383,17 @@ def fit_markers(
     candidates: np.ndarray,
     scale: MarkerScale,
     radius_guess: np.ndarray | None = None,
-    iterations: int = 15,
+    iterations: int = 12,
+    screen_snr: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares blurred-disc fit in small windows, all windows at once.
 
     Levenberg-Marquardt (Marquardt, J. SIAM 1963) batched over windows; pixels
     nearer another candidate than their own are masked out so that a close
     neighbour does not pull the fit.
+
+    ``screen_snr`` skips (NaN results) candidates whose window core stands
+    less than that above its ring in matched-filter units.
 
     Returns
     -------
@@ -447,6 +452,15 @@ def fit_markers(
     b0 = (win * ring).sum(1) / wsum
     core = weight * ((dr**2 + dc**2) <= np.maximum(rad0[:, None] * 0.5, 1) ** 2)
     a0 = (win * core).sum(1) / np.maximum(core.sum(1), 1) - b0
+    n_all, alive = n, np.ones(n, bool)
+    if screen_snr is not None:
+        # a first look (window core minus ring, matched-filter units) drops
+        # candidates that no fit could make significant, before paying for one
+        alive = a0 / noise * np.sqrt(np.pi) * np.maximum(rad0, 1.0) >= screen_snr
+        win, dr, dc, weight = win[alive], dr[alive], dc[alive], weight[alive]
+        noise, a0, b0, rad0 = noise[alive], a0[alive], b0[alive], rad0[alive]
+        ci, candidates = ci[alive], candidates[alive]
+        n = int(alive.sum())
     p = np.zeros((n, 8))
     p[:, 0] = candidates[:, 0] - ci[:, 0]
     p[:, 1] = candidates[:, 1] - ci[:, 1]
@@ -455,6 +469,13 @@ def fit_markers(
     p[:, 4] = np.maximum(a0, noise)
     p[:, 5] = b0
     r_lo, r_hi = 0.3 * scale.r_min, 1.8 * scale.r_max + 1
+    # single precision halves the memory traffic of the batched fit; windows
+    # are centred on their background first so that it loses nothing
+    offset = b0.copy()
+    win = (win - offset[:, None]).astype(np.float32)
+    dr, dc = dr.astype(np.float32), dc.astype(np.float32)
+    weight = weight.astype(np.float32)
+    p[:, 5] = 0.0
     mask = weight
     p, cost, jac = _levenberg_marquardt(win, dr, dc, mask, p, iterations, (r_lo, r_hi, h))
     nw = mask.sum(1)
@@ -465,6 +486,13 @@ def fit_markers(
     # variance (measured in the disc core and from the background's pixel
     # differences) makes the estimator efficient (Gauss-Markov) without
     # assuming how stored values relate to counts.
+    # (only for fits that can still be markers: significant and of a plausible size)
+    snr1 = p[:, 4] / noise * np.sqrt(np.pi) * np.maximum(p[:, 2], p[:, 3])
+    go = (
+        (snr1 >= (screen_snr or 0.0))
+        & (p[:, 2] >= 0.5 * scale.r_min)
+        & (p[:, 2] <= 1.5 * scale.r_max)
+    )
     model, _ = _model(dr, dc, p)
     rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
     core = mask * (rho < (p[:, 2:3] - 1.5 * p[:, 3:4]))
@@ -478,8 +506,11 @@ def fit_markers(
     var_core = np.clip(var_core, 0.05 * var_bg, 2.0 * var_bg)
     disc = 0.5 * erfc((rho - p[:, 2:3]) / (_SQRT2 * p[:, 3:4]))
     var = var_bg[:, None] + (var_core - var_bg)[:, None] * disc
-    sw = mask / np.sqrt(var)
-    p, cost, jac = _levenberg_marquardt(win, dr, dc, sw, p, 6, (r_lo, r_hi, h))
+    sw = (mask / np.sqrt(var)).astype(np.float32)
+    g = np.flatnonzero(go)
+    if len(g):
+        p[g], _, _ = _levenberg_marquardt(win[g], dr[g], dc[g], sw[g], p[g], 5, (r_lo, r_hi, h))
+    _, jac = _model(dr, dc, p)
     jw = jac * sw[..., None]
     jtj = jw.transpose(0, 2, 1) @ jw
     try:
@@ -499,9 +530,17 @@ def fit_markers(
         rms_in = np.sqrt((res2 * inner).sum(1) / np.maximum(inner.sum(1), 1))
         rms_out = np.sqrt((res2 * outer).sum(1) / np.maximum(outer.sum(1), 1))
         chi = np.where(outer.sum(1) >= 8, rms_in / np.maximum(rms_out, noise), chi)
-    params = p.copy()
+    params = p.astype(np.float64)
     params[:, 0] += ci[:, 0]
     params[:, 1] += ci[:, 1]
+    params[:, 5] += offset
+    if n < n_all:
+        out = []
+        for arr in (params, cov_diag, chi, noise, rms_in):
+            full = np.full((n_all, *arr.shape[1:]), np.nan)
+            full[alive] = arr
+            out.append(full)
+        params, cov_diag, chi, noise, rms_in = out
     return params, cov_diag, chi, noise, inside_ok, rms_in
 
 
@@ -538,7 +577,7 @@ def detect_markers(
     cand, _strength = coarse_candidates(small, k, scale, threshold_sigma)
     if display is None:
         display = full_display(image)
-    fit = fit_markers(display, cand, scale)
+    fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
     return _select(*fit, display.shape, scale, min_snr, max_chi)
 
 
