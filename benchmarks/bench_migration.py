@@ -221,21 +221,22 @@ def _seeds(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", help="write the full result here")
     sub = ap.add_subparsers(dest="part", required=True)
-    lab = sub.add_parser("labelling")
+    lab = sub.add_parser("labelling", parents=[common])
     lab.add_argument("--n", type=int, default=500)
     lab.add_argument("--strays", type=int, default=6)
     lab.add_argument("--noise", type=float, default=0.015, help="mm per coordinate")
     lab.add_argument(
         "--move", default="0.4,1.8", help="loose bead displacement range, mm ('0,0': none)"
     )
-    se = sub.add_parser("series")
+    se = sub.add_parser("series", parents=[common])
     se.add_argument("--source", choices=("truth", "images"), default="truth")
     se.add_argument("--regions", default="spine,upper,lower")
     se.add_argument("--seeds", default="0-4")
     se.add_argument("--noise", type=float, default=0.015, help="mm per coordinate (truth)")
     se.add_argument("--binned", action="store_true", help="detectors read out 2 x 2 binned")
-    ap.add_argument("--json", help="write the full result here")
     args = ap.parse_args(argv)
     if args.part == "labelling":
         move = tuple(float(x) for x in args.move.split(","))

@@ -428,3 +428,26 @@ def test_migrate_command_bad_input_is_one_line_exit_2(tmp_path, bad_file, conten
     assert len(lines) == 1, run.stderr
     assert bad_file in lines[0] and fragment in lines[0] and "Traceback" not in run.stderr
     assert not out.exists()
+
+
+def test_followup_without_markers_is_a_retake_not_an_error():
+    case = Case(23)
+    ref, _ = case.exams()
+    d = migrate(case.segments, ref, {"markers": []}).to_dict()
+    assert d["motion"] is None and d["qc"]["verdict"] == "retake"
+    assert d["segments"]["bone"]["markers_matched"] == 0
+    json.dumps(d, allow_nan=False)
+
+
+def test_extra_segments_are_labelled_and_reported():
+    case = Case(24)
+    rng = np.random.default_rng(24)
+    cement = _beads(rng, 4, 6, np.array([40.0, -30.0, 60.0]))
+    case.segments["segments"]["cement"] = _template(rng, cement).tolist()
+    allpts = np.vstack([case.bone, case.implant, cement])
+    fu = np.vstack([case.bone, case.implant_followup_in_ref(), cement])
+    ref, _ = case.result(allpts)
+    fol, _ = case.result(case.reposition.apply(fu) + case.shift)
+    d = migrate(case.segments, ref, fol).to_dict()
+    assert d["segments"]["cement"]["markers_matched"] == 4
+    _assert_motion(d, case.expected(), 1e-9, 1e-9)
