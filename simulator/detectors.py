@@ -155,6 +155,18 @@ class VirtualDetectorPair:
     def __init__(self, region: str, seed: int, *, auto_arm: bool = False, **exam_kwargs):
         from simulator.exam import simulate_exam
 
+        fixed = {
+            "technique",
+            "views",
+            "exposure_id",
+            "exposure_seed",
+            "acquisition_datetime",
+            "phantom",
+        } & set(exam_kwargs)
+        if fixed:
+            raise TypeError(
+                f"VirtualDetectorPair sets {', '.join(sorted(fixed))} itself, per exposure"
+            )
         self.region = region
         self.seed = int(seed)
         self.auto_arm = auto_arm
