@@ -302,7 +302,12 @@ def simulate_exam(
         raise InputError(f"bits_stored: expected 12..16, got {bits_stored}")
     if collimation is not None and not 0.3 <= float(collimation) <= 1.0:
         raise InputError(f"collimation: expected a fraction 0.3..1, got {collimation}")
-    motion = np.zeros(3) if motion_mm is None else np.asarray(motion_mm, float).reshape(3)
+    try:
+        motion = np.zeros(3) if motion_mm is None else np.asarray(motion_mm, float).reshape(3)
+    except (TypeError, ValueError):
+        raise InputError(f"motion_mm: expected 3 numbers, got {motion_mm!r}") from None
+    if not np.all(np.isfinite(motion)):
+        raise InputError(f"motion_mm: expected finite numbers, got {motion.tolist()}")
 
     station_dict = load_data("station", cage_kind)
     if not full_resolution:
@@ -428,6 +433,14 @@ def simulate_exam(
             & (rc[:, 1] <= det.columns - 0.5)
         )
 
+    shadow_px = {}
+    for name in ("A", "B"):
+        v = day[name]
+        xyz = np.vstack([bead_xyz[name], cage_xyz])
+        hit = v.detector.pixel_to_world(np.nan_to_num(img[name]))
+        mag = np.linalg.norm(hit - v.focus_mm, axis=1) / np.linalg.norm(xyz - v.focus_mm, axis=1)
+        shadow_px[name] = mag / float(v.detector.pixel_spacing_mm.mean())
+
     def px(name, i):
         return [float(img[name][i, 0]), float(img[name][i, 1])] if in_image[name][i] else None
 
@@ -440,6 +453,9 @@ def simulate_exam(
             "diameter_mm": b.diameter_mm,
             "image_px": {n: px(n, i) for n in ("A", "B")},
             "visible": {n: bool(vis[n][i]) for n in ("A", "B")},
+            "shadow_diameter_px": {
+                n: round(float(b.diameter_mm * shadow_px[n][i]), 3) for n in ("A", "B")
+            },
         }
         if np.any(motion):
             entry["xyz_mm_B"] = bead_xyz["B"][i].tolist()

@@ -191,6 +191,7 @@ def test_bad_options_are_one_line_input_errors():
         {"photometric": "RGB"},
         {"bits_stored": 8},
         {"collimation": 0.1},
+        {"motion_mm": [1.0, 2.0]},
     ):
         args = {"region": "lower", "seed": 1} | kw
         with pytest.raises(InputError) as err:
