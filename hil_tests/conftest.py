@@ -33,27 +33,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-def board_url(request: pytest.FixtureRequest):
+def board_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     url = request.config.getoption("--port")
     if url:
         if url.lower().startswith("sim://"):
             import simulator.controller  # noqa: F401  (registers sim://)
         yield url
         return
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "acquisition.cli", "sim-controller", "--seed", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    errlog = tmp_path_factory.mktemp("sim-controller") / "stderr.txt"
+    with open(errlog, "wb") as err:  # a file, not a pipe nobody reads
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acquisition.cli", "sim-controller", "--seed", "3"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], STARTUP_TIMEOUT)
         line = proc.stdout.readline().decode().strip() if ready else ""
         if not line.startswith("/dev/"):
             proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"sim-controller did not print a pty path (got {line!r}): {err}")
+            pytest.fail(
+                f"sim-controller did not print a pty path (got {line!r}): {errlog.read_text()}"
+            )
         yield line
     finally:
         proc.terminate()
@@ -62,7 +65,7 @@ def board_url(request: pytest.FixtureRequest):
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
-        assert rc == 0, f"sim-controller exited with {rc} on SIGTERM"
+        assert rc == 0, f"sim-controller exited with {rc} on SIGTERM: {errlog.read_text()}"
 
 
 @pytest.fixture
