@@ -98,8 +98,9 @@ def open_field_fluence(kv: float, mas: float, sid_mm: float, pixel_mm: float = 0
 
     Tube output grows about as kV^2 per mAs (Bushberg, ch. 6) and falls with
     the inverse square of the distance; the constant puts 70 kV, 10 mAs at
-    1.5 m at about 4000 detected quanta per pixel (typical of 5 µGy at a CsI
-    panel with 0.15 mm pixels and a detection efficiency near 0.6).
+    1.5 m at 4000 detected quanta per 0.15 mm pixel: about 10 µGy at the
+    panel (RQA5 beam: ~30 000 photons per mm² per µGy, IEC 62220-1) with a
+    CsI absorption near 0.6.
     """
     area = (float(pixel_mm) / 0.15) ** 2  # a binned pixel collects the quanta of four
     return 400.0 * area * float(mas) * (float(kv) / 70.0) ** 2.0 * (1500.0 / float(sid_mm)) ** 2
