@@ -106,7 +106,10 @@ def cage_check(
     nominal = station.views[view]
     model = PoseModel(nominal, station.tolerance)
     scale = marker_scale(nominal, cage, include_beads=False)
-    k = scale.factor
+    # Cage markers only, and a verdict to the marker, not to the micrometre: the
+    # coarse pass may reduce further (a marker keeps ~0.45 px radius, enough for
+    # a blob detector), which makes the real-time budget.
+    k = scale.coarse_factor(0.45, 8)
     small = reduced_display(image, k)
     rc, _ = coarse_candidates(small, k, scale)
     xyz = cage.xyz_mm

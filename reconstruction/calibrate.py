@@ -71,7 +71,7 @@ class PoseModel:
         centre0 = det0.center_mm
         rc = rot @ det0.row_cosines  # (k, 3)
         cc = rot @ det0.column_cosines
-        n = np.cross(rc, cc)
+        n = _cross(rc, cc)
         origin = centre0 + thetas[:, 6:9] + rot @ (det0.origin_mm - centre0)
         f = self.nominal.focus_mm + thetas[:, 0:3]
         d = xyz[None, :, :] - f[:, None, :]  # (k, n, 3)
@@ -134,9 +134,21 @@ def project_fast(view: ViewGeometry, xyz: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of (..., 3) arrays (np.cross is slow for small arrays)."""
+    return np.stack(
+        [
+            a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
+            a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+            a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0],
+        ],
+        axis=-1,
+    )
+
+
 def casts_shadow(view: ViewGeometry, xyz: np.ndarray) -> np.ndarray:
     """True for points strictly between the focal spot and the detector plane."""
-    n = view.detector.normal
+    n = _cross(view.detector.row_cosines, view.detector.column_cosines)
     depth = (xyz - view.focus_mm) @ n
     total = (view.detector.origin_mm - view.focus_mm) @ n
     frac = depth / total

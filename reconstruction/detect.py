@@ -58,7 +58,11 @@ class MarkerScale:
     @property
     def factor(self) -> int:
         """Reduction factor for the coarse pass: keeps the smallest marker >= 0.6 px radius."""
-        return int(np.clip(np.floor(self.r_min / 0.6), 1, 4))
+        return self.coarse_factor(0.6, 4)
+
+    def coarse_factor(self, min_reduced_radius: float, max_factor: int) -> int:
+        """Largest reduction that keeps the smallest marker ``min_reduced_radius`` px in radius."""
+        return int(np.clip(np.floor(self.r_min / min_reduced_radius), 1, max_factor))
 
     @property
     def half_window(self) -> int:
@@ -236,19 +240,32 @@ def coarse_candidates(
         band = cv2.subtract(cv2.GaussianBlur(small, (0, 0), s1), background)
         band *= np.float32(1.0 / _robust_sigma(band[::7, ::7].ravel()))
         dog = band if dog is None else np.maximum(dog, band)
-    w = 2 * round(4 * r_hi) + 1
-    clutter = cv2.sqrt(cv2.boxFilter(dog * dog, -1, (w, w)) + np.float32(1.0))
-    ratio = dog / clutter
-    thr = threshold_sigma
     # non-maximum suppression over the smallest marker's radius: two markers'
     # centres are never closer than that, and a flat top gives one candidate.
     nms = 2 * max(1, int(np.floor(r_lo))) + 1
     dil = cv2.dilate(dog, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (nms, nms)))
-    m = (dog >= dil) & (dog > thr) & (ratio > clutter_ratio)
-    border = 1
-    m[:border] = m[-border:] = False
-    m[:, :border] = m[:, -border:] = False
-    r, c = np.nonzero(m)
+    m = cv2.bitwise_and(
+        cv2.compare(dog, dil, cv2.CMP_GE), cv2.compare(dog, float(threshold_sigma), cv2.CMP_GT)
+    )
+    m[:1] = m[-1:] = 0
+    m[:, :1] = m[:, -1:] = 0
+    nz = cv2.findNonZero(m)  # far faster than np.nonzero on a mostly empty mask
+    if nz is None:
+        return np.zeros((0, 2)), np.zeros(0)
+    nz = nz.reshape(-1, 2)
+    c, r = nz[:, 0].astype(np.intp), nz[:, 1].astype(np.intp)
+    # local RMS of the band-pass over a few marker diameters, at the maxima only
+    # (summed-area table: Crow 1984)
+    w = round(4 * r_hi)
+    sq = cv2.integral(cv2.multiply(dog, dog))
+    rows, cols = dog.shape
+    r0, r1 = np.clip(r - w, 0, rows), np.clip(r + w + 1, 0, rows)
+    c0, c1 = np.clip(c - w, 0, cols), np.clip(c + w + 1, 0, cols)
+    area = (r1 - r0) * (c1 - c0)
+    local = (sq[r1, c1] - sq[r0, c1] - sq[r1, c0] + sq[r0, c0]) / area
+    ratio = dog[r, c] / np.sqrt(np.maximum(local, 0) + 1.0)
+    keep = ratio > clutter_ratio
+    r, c, ratio = r[keep], c[keep], ratio[keep]
     if len(r) == 0:
         return np.zeros((0, 2)), np.zeros(0)
     v0 = dog[r, c]
@@ -271,7 +288,7 @@ def coarse_candidates(
     dr = np.clip(np.nan_to_num(dr), -0.5, 0.5)
     dc = np.clip(np.nan_to_num(dc), -0.5, 0.5)
     rc = np.stack([(r + dr + 0.5) * k - 0.5, (c + dc + 0.5) * k - 0.5], axis=1)
-    return rc[ok], ratio[r, c][ok]
+    return rc[ok], ratio[ok]
 
 
 # --------------------------------------------------------------------------- fine
