@@ -37,17 +37,22 @@ import cv2
 import numpy as np
 
 from reconstruction.geometry import ViewGeometry
+from simulator.beads import Markers, marker_windows
 from simulator.materials import mu
 from simulator.primitives import Solid
+from simulator.readout import poisson_noise, randn, stored_to_quanta, to_stored
 
-
-@dataclass(frozen=True)
-class Markers:
-    """Spherical markers (beads and cage markers): centres, radii, material."""
-
-    xyz_mm: np.ndarray  # (n, 3)
-    radius_mm: np.ndarray  # (n,)
-    material: str = "tantalum"
+__all__ = [
+    "Markers",
+    "RenderOptions",
+    "RenderResult",
+    "marker_windows",
+    "open_field_fluence",
+    "poisson_noise",
+    "render_view",
+    "stored_to_quanta",
+    "to_stored",
+]
 
 
 @dataclass(frozen=True)
@@ -248,122 +253,10 @@ def metal_full(
     return (r0, r1, c0, c1), trans
 
 
-def _gauss_matrix(size: int, sigma: np.ndarray) -> np.ndarray:
-    """Per-marker (n, size, size) Gaussian convolution matrices (rows sum to 1)."""
-    idx = np.arange(size)
-    diff = (idx[:, None] - idx[None, :]).astype(float)
-    sig = np.maximum(sigma, 1e-3)[:, None, None]
-    k = np.exp(-0.5 * (diff[None] / sig) ** 2)
-    return k / k.sum(axis=2, keepdims=True)
-
-
-def _rim_table(radius: float, mu_: float, h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Absorbed fraction of a sphere vs ray distance, box-filtered over width ``h``.
-
-    ``g(rho) = 1 - exp(-2 mu sqrt(r^2 - rho^2))`` jumps from 0 to nearly 1
-    within a micrometre of the rim for tantalum; point-sampling it aliases like
-    a hard disc (lattice-point error, ~0.01 px on the centroid even at 8 x 8
-    samples per pixel). Averaging each sample over its own footprint (a box
-    of width ``h`` in ``rho``) is analytic anti-aliasing: the area estimate
-    then converges as ``h^2``.
-    """
-    ds = h / 64.0
-    x = np.arange(-h, radius + h + ds, ds)
-    rho = np.abs(x)
-    g = -np.expm1(-2.0 * mu_ * np.sqrt(np.maximum(radius * radius - rho * rho, 0.0)))
-    cum = np.concatenate([[0.0], np.cumsum((g[1:] + g[:-1]) * (ds / 2))])
-    q = np.arange(0.0, radius + h, ds)
-    return q, (np.interp(q + h / 2, x, cum) - np.interp(q - h / 2, x, cum)) / h
-
-
-def marker_windows(
-    view: ViewGeometry,
-    markers: Markers,
-    kv: float,
-    supersample: int,
-    focal_spot_mm: float,
-    blur: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Transmission of each marker in a window around its projection.
-
-    Returns ``(top_left (n, 2) int, windows (n, W, W) float32, centres (n, 2))``.
-    Rays are traced exactly through each sphere at ``S x S`` points per pixel
-    (chord ``2 sqrt(r^2 - |o x d|^2 / |d|^2)``, ``o`` the focus-to-centre vector);
-    the transmitted intensity is averaged over them (a pixel integrates
-    intensity, not optical depth), which also renders the partial-volume rim.
-    """
-    xyz = np.asarray(markers.xyz_mm, float).reshape(-1, 3)
-    n = len(xyz)
-    det = view.detector
-    if n == 0:
-        return np.zeros((0, 2), int), np.zeros((0, 1, 1), np.float32), np.zeros((0, 2))
-    centres = view.project(xyz)
-    f = view.focus_mm
-    sp = float(det.pixel_spacing_mm.min())
-    dist_obj = np.linalg.norm(xyz - f, axis=1)
-    hit = det.pixel_to_world(centres)
-    dist_img = np.linalg.norm(hit - f, axis=1)
-    mag = dist_img / dist_obj
-    cosg = np.abs(((hit - f) / dist_img[:, None]) @ det.normal)
-    r_px = markers.radius_mm * mag / sp / np.maximum(cosg, 0.3)
-    sig_fs = (focal_spot_mm * (mag - 1.0) / 2.3548 / sp) if blur else np.zeros(n)
-    half = int(np.ceil(np.nanmax(r_px) + 1.5 + 3 * np.nanmax(sig_fs)))
-    size = 2 * half + 1
-    top = np.round(np.nan_to_num(centres, nan=-1e6)).astype(int) - half
-    s = supersample
-    sub = (np.arange(s) + 0.5) / s - 0.5
-    offs = (np.arange(size)[:, None] + sub[None, :]).ravel()  # (size * s,)
-    u = det.row_cosines * det.pixel_spacing_mm[1]
-    v = det.column_cosines * det.pixel_spacing_mm[0]
-    # Rays d = P - f = B + a_r v + a_c u per marker (B: its window's top-left pixel);
-    # |o x d|^2 / |d|^2 = |o|^2 - (o.d)^2 / |d|^2 with o.d and |d|^2 polynomials in
-    # (a_r, a_c): formed by broadcasting, never as (n, R, C, 3) vectors.
-    b = det.origin_mm - f + top[:, 0, None] * v + top[:, 1, None] * u  # (n, 3)
-    o = xyz - f  # (n, 3)
-    ar = offs[None, :, None]  # rows
-    ac = offs[None, None, :]  # columns
-    ob = np.einsum("ni,ni->n", o, b)[:, None, None]
-    od = ob + ar * (o @ v)[:, None, None] + ac * (o @ u)[:, None, None]
-    dd = (
-        np.einsum("ni,ni->n", b, b)[:, None, None]
-        + (ar * ar * (v @ v) + 2 * ar * (b @ v)[:, None, None])
-        + (ac * ac * (u @ u) + 2 * ac * (b @ u)[:, None, None])
-        + 2 * (u @ v) * ar * ac
-    )
-    oo = np.einsum("ni,ni->n", o, o)[:, None, None]
-    dist2 = oo - od * od / dd  # squared distance from the marker centre to the ray
-    rho = np.sqrt(np.maximum(dist2, 0.0))
-    m = mu(markers.material, kv)
-    # Sub-sample footprint in ray-distance units at the marker (anisotropic for
-    # oblique incidence: geometric mean of the two directions).
-    h_rho = sp / s / mag * np.sqrt(np.maximum(cosg, 0.3))
-    t = np.empty_like(rho)
-    for i in range(n):
-        q, g = _rim_table(float(markers.radius_mm[i]), m, float(h_rho[i]))
-        t[i] = 1.0 - np.interp(rho[i], q, g, right=0.0)
-    out = t.reshape(n, size, s, size, s).mean(axis=(2, 4))
-    if blur and np.any(sig_fs > 0.05):
-        k = _gauss_matrix(size, sig_fs)
-        out = 1.0 - k @ (1.0 - out) @ np.transpose(k, (0, 2, 1))
-    return top, out.astype(np.float32), centres
-
-
-def _randn(seed: int, shape: tuple[int, int]) -> np.ndarray:
-    """Standard normal float32 noise, deterministic in ``seed``.
-
-    OpenCV's generator (thread-local, seeded here) is five times faster than
-    numpy's for the 5 MP fields a frame needs.
-    """
-    cv2.setRNGSeed(int(seed))
-    out = np.empty(shape, np.float32)
-    cv2.randn(out, 0.0, 1.0)
-    return out
-
-
 def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Trabecular-like texture: band-passed white noise (0.3–1 mm), unit std."""
     h, w = shape[0] // 2, shape[1] // 2
-    z = _randn(int(rng.integers(1 << 31)), (h, w))
+    z = randn(int(rng.integers(1 << 31)), (h, w))
     a = cv2.GaussianBlur(z, (0, 0), 0.8)
     b = cv2.GaussianBlur(z, (0, 0), 2.5)
     t = a - b
@@ -446,56 +339,6 @@ def collimated_box(view: ViewGeometry, nominal: ViewGeometry, frac: float | None
     return int(rr[0]), int(rr[-1]), int(cc[0]), int(cc[-1])
 
 
-def poisson_noise(lam: np.ndarray, rng: np.random.Generator, threshold: float = 30.0):
-    """Poisson samples of ``lam`` (float32): Gaussian approximation above ``threshold``.
-
-    Above 30 quanta the normal approximation's error in any moment that matters
-    here is below 2%; below it (behind metal, outside the field) the samples are
-    exact Poisson.
-    """
-    out = _randn(int(rng.integers(1 << 31)), lam.shape)
-    out *= cv2.sqrt(lam)
-    out += lam
-    if float(lam.min()) < threshold:
-        low = np.flatnonzero(lam.ravel() < threshold)
-        out.ravel()[low] = rng.poisson(lam.ravel()[low]).astype(np.float32)
-    return out
-
-
-def to_stored(signal: np.ndarray, opts: RenderOptions) -> np.ndarray:
-    """Detector output (quanta) to stored values; markers end up bright when displayed."""
-    top = float((1 << opts.bits_stored) - 1)
-    sat = opts.saturation_quanta
-    if opts.transfer == "log":
-        floor = 0.5
-        g = top / np.log(sat / floor)
-        x = np.log(np.clip(signal, floor, sat) / floor) * np.float32(g)  # 0..top, up with dose
-    elif opts.transfer == "linear":
-        x = np.clip(signal, 0, sat) * np.float32(top / sat)
-    else:
-        raise ValueError(f"transfer: expected 'log' or 'linear', got {opts.transfer!r}")
-    if opts.photometric == "MONOCHROME2":
-        x = top - x  # more attenuation -> higher value -> displayed bright
-    elif opts.photometric != "MONOCHROME1":
-        raise ValueError(
-            f"photometric: expected MONOCHROME1 or MONOCHROME2, got {opts.photometric!r}"
-        )
-    return np.rint(x).astype(np.uint16)
-
-
-def stored_to_quanta(stored: np.ndarray, opts: RenderOptions) -> np.ndarray:
-    """Inverse of :func:`to_stored` (up to quantisation): detected quanta."""
-    top = float((1 << opts.bits_stored) - 1)
-    x = stored.astype(np.float64)
-    if opts.photometric == "MONOCHROME2":
-        x = top - x
-    if opts.transfer == "log":
-        floor = 0.5
-        g = top / np.log(opts.saturation_quanta / floor)
-        return floor * np.exp(x / g)
-    return x * (opts.saturation_quanta / top)
-
-
 def render_view(
     view: ViewGeometry,
     nominal: ViewGeometry,
@@ -565,7 +408,7 @@ def render_view(
     if opts.blur and opts.detector_sigma_px > 0:
         signal = cv2.GaussianBlur(signal, (0, 0), opts.detector_sigma_px)
     if not opts.noiseless and opts.read_noise_quanta > 0:
-        read = _randn(int(rng_noise.integers(1 << 31)), shape)
+        read = randn(int(rng_noise.integers(1 << 31)), shape)
         read *= np.float32(opts.read_noise_quanta)
         signal += read
     pixels = to_stored(signal, opts)
