@@ -2,7 +2,8 @@
 
 Writes ``DIR/A.dcm`` and ``DIR/B.dcm`` (the stereo pair as DX), ``DIR/result.json``
 (the station exam result), the overlays ``DIR/result-A.png``, ``DIR/result-B.png``,
-and keeps the station's store and audit log in ``DIR/station/``.
+the simulation's ground truth of that exposure ``DIR/truth.json``, and keeps the
+station's store and audit log in ``DIR/station/``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
             "requested_technique": att["requested"],
         }
         write_json(out / "result.json", result)
+        pair = getattr(rt.hw.detectors, "pair", None)
+        if pair is not None and att["exposure_id"] in pair.truths:
+            write_json(out / "truth.json", pair.truths[att["exposure_id"]])
         print(f"{out / 'result.json'}: verdict {result['qc']['verdict']}")
         return 0
     finally:
