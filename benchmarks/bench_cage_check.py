@@ -1,0 +1,122 @@
+"""Real-time cage check: cost of one whole check on one core, per region and view.
+
+Two measurements, both on one core (``cv2.setNumThreads(1)``, BLAS threads 1,
+process pinned to one CPU):
+
+- in-process: best and median of ``--n`` calls of ``cage_check`` on a decoded
+  4.8 MP frame (intensity handling, detection, identification, verdict; no
+  overlay);
+- the contract's way: ``rsa-station cage-check --repeat 51`` minus
+  ``--repeat 1``, over 50.
+
+Usage::
+
+    python -m benchmarks.bench_cage_check [--n 50] [--seeds 1]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--seeds", default="1")
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import cv2
+
+    cv2.setNumThreads(1)
+    from reconstruction.cagecheck import cage_check
+    from reconstruction.geometry import Cage, Station
+    from simulator.exam import simulate_exam
+
+    print("region  seed  view  pixels     found/expected  best_ms  median_ms")
+    for region in ("spine", "upper", "lower"):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            ex = simulate_exam(region, seed)
+            st, cg = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
+            for v in "AB":
+                img = ex.frames[v].to_raw_image()
+                r = cage_check(st, cg, v, img)
+                ts = []
+                for _ in range(args.n):
+                    t = time.perf_counter()
+                    cage_check(st, cg, v, img)
+                    ts.append(time.perf_counter() - t)
+                print(
+                    f"{region:6s}  {seed:4d}  {v:4s}  {img.pixels.size / 1e6:.1f} MP  "
+                    f"{r.found:3d}/{r.expected:3d}         {1e3 * min(ts):7.2f}  "
+                    f"{1e3 * statistics.median(ts):9.2f}",
+                    flush=True,
+                )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "acquisition.cli",
+                "simulate",
+                "--region",
+                "lower",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        exe = str(Path(sys.executable).with_name("rsa-station"))
+        base = [
+            exe,
+            "cage-check",
+            "--station",
+            str(out / "station.json"),
+            "--cage",
+            str(out / "cage.json"),
+            "--view",
+            "A",
+            str(out / "A.dcm"),
+            "-o",
+            str(out / "c.json"),
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
+
+        def wall(n):
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                subprocess.run(
+                    ["taskset", "-c", "0", *base, "--repeat", str(n)],
+                    check=True,
+                    capture_output=True,
+                    env=env,
+                )
+                best = min(best, time.perf_counter() - t)
+            return best
+
+        one, many = wall(1), wall(51)
+        print(
+            f"rsa-station cage-check --repeat 51 minus --repeat 1, over 50: "
+            f"{1e3 * (many - one) / 50:.2f} ms per check (one core)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
