@@ -28,7 +28,7 @@ from simulator.phantoms import (
     cage_solids,
     orientation_letters,
 )
-from simulator.render import Markers, RenderOptions, render_view
+from simulator.render import Markers, RenderOptions, collimated_box, render_view
 
 DATA_DIR = Path(__file__).with_name("data")
 CAGES = ("uniplanar", "biplanar")
@@ -79,6 +79,25 @@ def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 def _in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
     v = rng.normal(size=3)
     return v / np.linalg.norm(v) * radius * rng.uniform(0, 1) ** (1 / 3)
+
+
+def nominal_isocentre(station: Station) -> np.ndarray:
+    """Where the two nominal central rays pass closest: the set-up's patient position.
+
+    A console fills DistanceSourceToPatient from its nominal set-up, not from
+    the patient: this point plays that role.
+    """
+    p, d = [], []
+    for v in station.views.values():
+        p.append(v.focus_mm)
+        ray = v.detector.center_mm - v.focus_mm
+        d.append(ray / np.linalg.norm(ray))
+    w = p[0] - p[1]
+    b = d[0] @ d[1]
+    denom = 1 - b * b
+    s = (b * (d[1] @ w) - (d[0] @ w)) / denom
+    t = ((d[1] @ w) - b * (d[0] @ w)) / denom
+    return (p[0] + s * d[0] + p[1] + t * d[1]) / 2
 
 
 def random_pose(
@@ -351,6 +370,7 @@ def simulate_exam(
     cage_markers = Markers(cage_xyz, np.array([m.diameter_mm / 2 for m in cage_obj.markers]))
     fixed = cage_solids(cage_kind)
 
+    isocentre = nominal_isocentre(station)
     frames: dict[str, Frame] = {}
     info: dict[str, dict] = {}
     truth_views, vis, img = {}, {}, {}
@@ -370,7 +390,7 @@ def simulate_exam(
             res = render_view(
                 view, nominal, solids, markers, tech[name], opts, rng_for(seed, name, *extra)
             )
-        field_px = res.collimation_px if res is not None else None
+        field_px = collimated_box(view, nominal, opts.collimation)
         rc, ok = visibility(view, markers.xyz_mm, ph.metal, field_px)
         img[name], vis[name] = rc, ok
         truth_views[name] = {
@@ -387,9 +407,7 @@ def simulate_exam(
         }
         nom_det = nominal.detector
         sid = float(np.linalg.norm(nom_det.center_mm - nominal.focus_mm))
-        # Nominal source-to-patient: focus to the region of interest (centre of the beads).
-        roi = np.mean(bead_xyz[name], axis=0)
-        sod = float(np.linalg.norm(roi - nominal.focus_mm))
+        sod = float(np.linalg.norm(isocentre - nominal.focus_mm))
         frames[name] = Frame(
             pixels=res.pixels,
             meta=FrameMeta(
