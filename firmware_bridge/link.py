@@ -49,6 +49,9 @@ from firmware_bridge.codec import Frame
 log = logging.getLogger(__name__)
 
 Callback = Callable[["Request"], None]
+#: A missing event still not re-sent after this long is given up (the board drops
+#: its oldest unacknowledged event when 64 are queued).
+EVENT_GAP_TIMEOUT = 3.0
 
 
 class EventFactory(Protocol):
@@ -90,6 +93,8 @@ class LinkStats:
     unexpected_type: int = 0
     bad_payloads: int = 0
     duplicate_events: int = 0
+    events_deferred: int = 0
+    event_gaps: int = 0
     events_delivered: int = 0
     resyncs: int = 0
     reconnects: int = 0
@@ -154,6 +159,7 @@ class Link:
         self.session_open = False
         self._evt_expected = 0
         self._evt_buffer: dict[int, Frame] = {}
+        self._gap_since = 0.0
         self._seen_exposures: deque[int] = deque(maxlen=256)
         self.last_exposure_seen = 0
         self.last_state: P.State | None = None
@@ -445,16 +451,39 @@ class Link:
             )
 
     def _on_event(self, frame: Frame) -> None:
+        if any(r.mtype == P.MsgType.HELLO for r in self._pending.values()):
+            # a session is being opened: these events belong to it, but their
+            # numbering starts only with the HELLO's ACK; leave them unacknowledged
+            # and the board sends them again
+            self.stats.events_deferred += 1
+            return
         self._write(Frame(int(P.MsgType.EVT_ACK), frame.seq, b"", self.opts.protocol_version))
         delta = (frame.seq - self._evt_expected) & 0xFFFF
         if delta >= 0x8000 or frame.seq in self._evt_buffer:
             self.stats.duplicate_events += 1
             return
+        if not self._evt_buffer:
+            self._gap_since = time.monotonic()
         self._evt_buffer[frame.seq] = frame
+        self._flush_events()
+
+    def _flush_events(self) -> None:
         while self._evt_expected in self._evt_buffer:
             f = self._evt_buffer.pop(self._evt_expected)
             self._evt_expected = (self._evt_expected + 1) & 0xFFFF
             self._deliver_frame(f)
+        if self._evt_buffer:
+            self._gap_since = min(self._gap_since, time.monotonic())
+
+    def _skip_event_gap(self, now: float) -> None:
+        """Give up on a missing event the board will never re-send (its queue overflowed)."""
+        if self._evt_buffer and now - self._gap_since > EVENT_GAP_TIMEOUT:
+            self.stats.event_gaps += 1
+            self._evt_expected = min(
+                self._evt_buffer, key=lambda s: (s - self._evt_expected) & 0xFFFF
+            )
+            self._gap_since = now
+            self._flush_events()
 
     def _deliver_frame(self, frame: Frame) -> None:
         if frame.type == P.MsgType.EVT_STATE and len(frame.payload) == P.EVT_STATE.size:
@@ -500,6 +529,7 @@ class Link:
                 )
             elif now >= req.deadline:
                 self._on_ack_timeout(req)
+        self._skip_event_gap(now)
         if self.session_open and now >= self._hb_due and not self._hb_inflight:
             self._send_heartbeat(now)
         if (

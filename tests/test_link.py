@@ -339,3 +339,20 @@ def _drain(q) -> list:
     while not q.empty():
         out.append(q.get_nowait())
     return out
+
+
+def test_event_gap_that_never_fills_is_skipped(monkeypatch):
+    import firmware_bridge.link as link_mod
+
+    monkeypatch.setattr(link_mod, "EVENT_GAP_TIMEOUT", 0.2)
+    url, ctl = fresh()
+    with SyncController(url) as c:
+        q = c.events()
+        expected = c._link._evt_expected
+        # the event numbered `expected` is lost for good; the next one arrives
+        ahead = codec.encode_frame(
+            codec.Frame(int(P.MsgType.EVT_INTERLOCK), expected + 1, P.EVT_INTERLOCK.pack(0, 0))
+        )
+        ctl._sink(b"\x00" + ahead)
+        assert q.get(timeout=5) == InterlockChanged("door", False)
+        assert c.stats.event_gaps == 1
