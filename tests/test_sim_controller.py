@@ -504,3 +504,24 @@ def test_firmware_survives_any_bytes(data):
     r._pump()
     assert r.ctl.firmware_errors == 0
     assert r.ok(M.GET_STATUS)
+
+
+def test_latched_fault_survives_a_lost_session_until_reset(raw):
+    raw.technique(ms=1000)
+    raw.ok(M.ARM)
+    raw.switch(P.Stage.EXPOSE)
+    raw.advance(1.0)
+    raw.ctl.set_interlock("door", False)
+    raw.advance(0.05)
+    assert raw.status().state == P.State.FAULT
+    raw.switch(P.Stage.OFF)
+    raw.ctl.set_interlock("door", True)
+    raw.advance(1.1, heartbeat=False)
+    assert raw.ctl.state == "safe"
+    raw.ok(M.HELLO, P.HELLO_REQ.pack(1, 0, 79))
+    s = raw.status()
+    assert s.state == P.State.FAULT and s.fault == P.ErrorCode.INTERLOCK_OPENED
+    assert raw.nak(M.ARM) == P.ErrorCode.FAULT_LATCHED
+    raw.ok(M.RESET_FAULT)
+    assert raw.status().state == P.State.IDLE
+    raw.ok(M.ARM)

@@ -576,7 +576,8 @@ class Firmware:
         self.last_rx = self.now
         self.cache.clear()
         if self.state == P.State.SAFE:
-            self._set_state(P.State.IDLE, P.StateReason.SESSION)
+            latched = self.fault not in (P.ErrorCode.OK, P.ErrorCode.WATCHDOG)
+            self._set_state(P.State.FAULT if latched else P.State.IDLE, P.StateReason.SESSION)
         pending = list(self.evt_pending.values())
         self.evt_pending = OrderedDict()
         for i, p in enumerate(pending):
@@ -693,8 +694,8 @@ class Firmware:
         return ("ack", b"")
 
     def _reset_fault(self, frame: Frame) -> tuple:
+        self.fault, self.fault_detail = P.ErrorCode.OK, 0
         if self.state == P.State.FAULT:
-            self.fault, self.fault_detail = P.ErrorCode.OK, 0
             self._set_state(P.State.IDLE, P.StateReason.COMMAND)
         return ("ack", b"")
 
