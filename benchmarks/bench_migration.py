@@ -202,6 +202,23 @@ def series(regions, seeds, source, noise, full_resolution=True) -> dict:
         "t_within_20um": sum(r["err_t_um"] <= 20 for r in usable),
         "r_within_0.05deg_cn_le_60": sum(r["err_r_deg"] <= 0.05 for r in cn_ok),
     }
+    bins = []
+    for lo, hi in ((0, 60), (60, 100), (100, 150), (150, np.inf)):
+        sel = [r for r in usable if lo < max(c if c is not None else np.inf for c in r["cn"]) <= hi]
+        if sel:
+            et = [r["err_t_um"] for r in sel]
+            er = [r["err_r_deg"] for r in sel]
+            bins.append(
+                {
+                    "cn_max": f"({lo}, {hi}]",
+                    "n": len(sel),
+                    "err_t_um_median": float(np.median(et)),
+                    "err_t_um_max": float(np.max(et)),
+                    "err_r_deg_median": float(np.median(er)),
+                    "err_r_deg_max": float(np.max(er)),
+                }
+            )
+    summary["by_cn"] = bins
     if len([d for d in doubles if d["motion"] is not None]) >= 2:
         p = precision(doubles, include_retake=True)
         summary["double_exam_precision"] = {
