@@ -226,7 +226,7 @@ function renderExam(fillTechnique) {
     }
     $(`t-${t}-mas`).textContent = fmt(e.technique[t].ma * e.technique[t].ms / 1000, 1);
   }
-  for (const b of document.querySelectorAll(".buttons button")) {
+  for (const b of document.querySelectorAll(".buttons button[data-action]")) {
     b.disabled = !e.actions.includes(b.dataset.action);
   }
   renderResult();
@@ -341,7 +341,7 @@ async function act(action) {
   } catch (err) { say(err.message); }
 }
 
-for (const b of document.querySelectorAll(".buttons button")) {
+for (const b of document.querySelectorAll(".buttons button[data-action]")) {
   if (b.dataset.action !== "hold") b.addEventListener("click", () => act(b.dataset.action));
 }
 
