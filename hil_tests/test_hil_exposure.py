@@ -52,7 +52,7 @@ def test_release_in_prep_fires_nothing(board):
     board.ctl.bench_set_hand_switch("prep")
     board.wait_state("prep")
     board.ctl.bench_set_hand_switch("off")
-    board.wait_for(StateChanged, old="prep", new="armed", reason="released")
+    board.wait_for(StateChanged, new="armed", reason="released")
     assert not [e for e in board.collect(0.3) if isinstance(e, ExposureReport)]
     assert board.ctl.status().last_exposure_id == last
 
@@ -60,14 +60,14 @@ def test_release_in_prep_fires_nothing(board):
 def test_release_during_exposure_aborts(board):
     board.require_bench()
     _clock(board, 2)
-    board.set_both(kv=60, ma=50, ms=2000)
+    board.set_both(kv=60, ma=50, ms=4000)
     board.ctl.arm()
     board.ctl.bench_set_hand_switch("expose")
     board.wait_state("exposing")
     board.ctl.bench_set_hand_switch("off")
     rep = board.wait_for(ExposureReport)
     assert rep.aborted and rep.end_reason == "released"
-    assert all(t.fired and t.ms < 1000 for t in rep.tubes.values()), rep
+    assert all(t.fired and t.ms < 2000 for t in rep.tubes.values()), rep
     board.wait_state("idle")
 
 
@@ -113,7 +113,7 @@ def test_software_hold_to_expose(board):
 
 def test_software_hold_keepalive_stopping_aborts(board):
     _clock(board, 2)
-    board.set_both(kv=60, ma=50, ms=2000)
+    board.set_both(kv=60, ma=50, ms=4000)
     board.ctl.arm()
     period = board.info.hold_timeout_ms / 4000.0
     exposing = threading.Event()
@@ -134,6 +134,6 @@ def test_software_hold_keepalive_stopping_aborts(board):
         stop.set()
         t.join(5)
     assert rep.aborted and rep.end_reason == "hold_lost"
-    # aborted within the dead-man time (board time = 2 x wall), far before 2000 ms
-    assert all(t.ms < 1500 for t in rep.tubes.values()), rep
+    # aborted after the dead-man time (250 ms wall = 500 ms board), long before 4000 ms
+    assert all(t.ms < 3000 for t in rep.tubes.values()), rep
     board.wait_for(Fault, code="hold_lost")

@@ -70,14 +70,14 @@ def test_interlock_opening_mid_exposure(board):
     board.require_bench()
     _clock(board, 2)
     ctl = board.ctl
-    board.set_both(kv=60, ma=50, ms=2000)
+    board.set_both(kv=60, ma=50, ms=4000)
     ctl.arm()
     ctl.bench_set_hand_switch("expose")
     board.wait_state("exposing")
     ctl.bench_set_interlock("door", False)
     rep = board.wait_for(ExposureReport)
     assert rep.aborted and rep.end_reason == "interlock"
-    assert all(t.ms < 1500 for t in rep.tubes.values()), rep
+    assert all(t.ms < 3000 for t in rep.tubes.values()), rep
     fault = board.wait_for(Fault, code="interlock_opened")
     assert fault.detail == 0  # interlock number of the door
     board.wait_state("fault")
@@ -118,7 +118,7 @@ def test_technique_change_with_xrays_on_refused(board):
     board.require_bench()
     _clock(board, 2)
     ctl = board.ctl
-    board.set_both(kv=60, ma=50, ms=2000)
+    board.set_both(kv=60, ma=50, ms=4000)
     ctl.arm()
     ctl.bench_set_hand_switch("expose")
     board.wait_state("exposing")
@@ -139,7 +139,7 @@ def test_prep_timeout(board):
     ctl.arm()
     ctl.bench_set_hand_switch("prep")
     board.wait_state("ready")
-    board.wait_for(StateChanged, old="ready", new="armed", reason="prep_timeout")
+    board.wait_for(StateChanged, new="armed", reason="prep_timeout")
     board.wait_for(Fault, code="prep_timeout")
     # pressing on without letting go does not expose
     ctl.bench_set_hand_switch("expose")
