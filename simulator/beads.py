@@ -61,10 +61,13 @@ def marker_windows(
     supersample: int,
     focal_spot_mm: float,
     blur: bool,
+    top: np.ndarray | None = None,
+    half: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transmission of each marker in a window around its projection.
 
-    Returns ``(top_left (n, 2) int, windows (n, W, W) float32, centres (n, 2))``.
+    Returns ``(top_left (n, 2) int, windows (n, W, W) float32, centres (n, 2))``;
+    ``top`` and ``half`` force the windows (``W = 2 half + 1``).
     Rays are traced exactly through each sphere at ``S x S`` points per pixel
     (chord ``2 sqrt(r^2 - |o x d|^2 / |d|^2)``, ``o`` the focus-to-centre vector);
     the transmitted intensity is averaged over them (a pixel integrates
@@ -85,9 +88,11 @@ def marker_windows(
     cosg = np.abs(((hit - f) / dist_img[:, None]) @ det.normal)
     r_px = markers.radius_mm * mag / sp / np.maximum(cosg, 0.3)
     sig_fs = (focal_spot_mm * (mag - 1.0) / 2.3548 / sp) if blur else np.zeros(n)
-    half = int(np.ceil(np.nanmax(r_px) + 1.5 + 3 * np.nanmax(sig_fs)))
+    if half is None:
+        half = int(np.ceil(np.nanmax(r_px) + 1.5 + 3 * np.nanmax(sig_fs)))
     size = 2 * half + 1
-    top = np.round(np.nan_to_num(centres, nan=-1e6)).astype(int) - half
+    if top is None:
+        top = np.round(np.nan_to_num(centres, nan=-1e6)).astype(int) - half
     s = supersample
     sub = (np.arange(s) + 0.5) / s - 0.5
     offs = (np.arange(size)[:, None] + sub[None, :]).ravel()  # (size * s,)
@@ -124,3 +129,45 @@ def marker_windows(
         k = _gauss_matrix(size, sig_fs)
         out = 1.0 - k @ (1.0 - out) @ np.transpose(k, (0, 2, 1))
     return top, out.astype(np.float32), centres
+
+
+def window_gradients(
+    view: ViewGeometry,
+    markers: Markers,
+    kv: float,
+    supersample: int,
+    focal_spot_mm: float,
+    blur: bool,
+    top: np.ndarray,
+    half: int,
+    delta_px: float = 0.25,
+) -> np.ndarray:
+    """Derivatives of each marker's window with respect to its image position.
+
+    Returns ``(n, 2, W, W)``: d(transmission)/d(row) and d/d(col), by central
+    differences of exact renders with the marker moved so that its projection
+    moves by about ``delta_px`` (the actual image displacement is measured and
+    the two directional derivatives solved for row and column).
+    """
+    xyz = np.asarray(markers.xyz_mm, float).reshape(-1, 3)
+    det = view.detector
+    f = view.focus_mm
+    centres = view.project(xyz)
+    mag = np.linalg.norm(det.pixel_to_world(centres) - f, axis=1) / np.linalg.norm(xyz - f, axis=1)
+    steps, derivs = [], []
+    for axis, sp in (
+        (det.column_cosines, det.pixel_spacing_mm[0]),
+        (det.row_cosines, det.pixel_spacing_mm[1]),
+    ):
+        d3 = (delta_px * sp / mag)[:, None] * axis[None, :]
+        plus = Markers(xyz + d3, markers.radius_mm, markers.material)
+        minus = Markers(xyz - d3, markers.radius_mm, markers.material)
+        _, wp, cp = marker_windows(view, plus, kv, supersample, focal_spot_mm, blur, top, half)
+        _, wm, cm = marker_windows(view, minus, kv, supersample, focal_spot_mm, blur, top, half)
+        steps.append(cp - cm)  # (n, 2) image displacement
+        derivs.append(wp.astype(float) - wm.astype(float))
+    # derivs[k] = J[k, 0] d/dr + J[k, 1] d/dc with J[k] = steps[k]: solve per marker.
+    jac = np.stack(steps, axis=1)  # (n, 2 shifts, 2 coords)
+    inv = np.linalg.inv(jac)
+    d = np.stack(derivs, axis=1)  # (n, 2 shifts, W, W)
+    return np.einsum("nkj,nkrc->njrc", np.transpose(inv, (0, 2, 1)), d)

@@ -400,6 +400,8 @@ def simulate_exam(
         if res is None:
             continue
         info[name] = {
+            "crb": res.marker_crb_px,
+            "snr": res.marker_snr,
             "open_fluence": res.open_fluence,
             "spr": res.spr_behind_patient,
             "collimation_px": res.collimation_px,
@@ -459,6 +461,15 @@ def simulate_exam(
         mag = np.linalg.norm(hit - v.focus_mm, axis=1) / np.linalg.norm(xyz - v.focus_mm, axis=1)
         shadow_px[name] = mag / float(v.detector.pixel_spacing_mm.mean())
 
+    def stat(key, name, i):
+        """Per-marker figure of a rendered view (None if not rendered or cut off)."""
+        if name not in info or info[name][key] is None:
+            return None
+        v = np.asarray(info[name][key][i], float)
+        if not np.all(np.isfinite(v)):
+            return None
+        return np.round(v, 5).tolist()
+
     def px(name, i):
         return [float(img[name][i, 0]), float(img[name][i, 1])] if in_image[name][i] else None
 
@@ -474,6 +485,8 @@ def simulate_exam(
             "shadow_diameter_px": {
                 n: round(float(b.diameter_mm * shadow_px[n][i]), 3) for n in ("A", "B")
             },
+            "crb_px": {n: stat("crb", n, i) for n in ("A", "B")},
+            "snr": {n: stat("snr", n, i) for n in ("A", "B")},
         }
         if np.any(motion):
             entry["xyz_mm_B"] = bead_xyz["B"][i].tolist()
@@ -483,6 +496,8 @@ def simulate_exam(
             "id": m.id,
             "image_px": {n: px(n, nb + j) for n in ("A", "B")},
             "visible": {n: bool(vis[n][nb + j]) for n in ("A", "B")},
+            "crb_px": {n: stat("crb", n, nb + j) for n in ("A", "B")},
+            "snr": {n: stat("snr", n, nb + j) for n in ("A", "B")},
         }
         for j, m in enumerate(cage_obj.markers)
     ]

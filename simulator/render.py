@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from reconstruction.geometry import ViewGeometry
-from simulator.beads import Markers, marker_windows
+from simulator.beads import Markers, marker_windows, window_gradients
 from simulator.materials import mu
 from simulator.primitives import Solid
 from simulator.readout import poisson_noise, randn, stored_to_quanta, to_stored
@@ -87,6 +87,7 @@ class RenderOptions:
     saturation_quanta: float = 60000.0
     include_markers: bool = True
     keep_layers: bool = False
+    marker_information: bool = True  # Cramér–Rao bound and SNR of every marker
 
 
 @dataclass
@@ -96,6 +97,10 @@ class RenderResult:
     spr_behind_patient: float  # median scatter-to-primary where the patient is thick
     collimation_px: tuple[int, int, int, int] | None
     layers: dict[str, np.ndarray] = field(default_factory=dict)
+    # Per marker: Cramér–Rao bound of its image position (rows, columns; px) and
+    # its ideal-observer SNR, from the expected quanta (NaN if cut by the border).
+    marker_crb_px: np.ndarray | None = None
+    marker_snr: np.ndarray | None = None
 
 
 def open_field_fluence(kv: float, mas: float, sid_mm: float, pixel_mm: float = 0.15) -> float:
@@ -373,11 +378,23 @@ def render_view(
         (r0, r1, c0, c1), trans = metal
         transmission[r0:r1, c0:c1] *= trans
 
-    if opts.include_markers and len(markers.xyz_mm):
+    n_mk = len(markers.xyz_mm) if opts.include_markers else 0
+    if n_mk:
         top, win, _ = marker_windows(
             view, markers, kv, opts.supersample, opts.focal_spot_mm, opts.blur
         )
         size = win.shape[1]
+        inside = (
+            (top[:, 0] >= 0)
+            & (top[:, 1] >= 0)
+            & (top[:, 0] + size <= shape[0])
+            & (top[:, 1] + size <= shape[1])
+        )
+        # The background each marker lies on (before any marker is drawn).
+        base = np.ones((n_mk, size, size), np.float32)
+        for i in np.flatnonzero(inside):
+            r0, c0 = top[i]
+            base[i] = transmission[r0 : r0 + size, c0 : c0 + size]
         for (r0, c0), t in zip(top, win, strict=True):
             ra, ca = max(r0, 0), max(c0, 0)
             rb, cb = min(r0 + size, shape[0]), min(c0 + size, shape[1])
@@ -389,8 +406,8 @@ def render_view(
     n_open = open_field_fluence(kv, mas, centre_dist, pixel_mm)
     rel = _fluence_field(view, nominal, lay["rpos"], lay["cpos"], opts)
     rel *= np.float32(n_open)
-    expected = up(rel)
-    expected *= transmission
+    n0 = up(rel)
+    expected = n0 * transmission
     layers: dict[str, np.ndarray] = {}
     if opts.keep_layers:
         layers["primary"] = expected.copy()
@@ -403,6 +420,29 @@ def render_view(
         expected += scatter
         if opts.keep_layers:
             layers["scatter"] = scatter
+
+    crb = np.full((len(markers.xyz_mm), 2), np.nan)
+    snr = np.full(len(markers.xyz_mm), np.nan)
+    if n_mk and opts.marker_information and np.any(inside):
+        idx = np.flatnonzero(inside)
+        sub = Markers(markers.xyz_mm[idx], markers.radius_mm[idx], markers.material)
+        grad = window_gradients(
+            view, sub, kv, opts.supersample, opts.focal_spot_mm, opts.blur, top[idx], size // 2
+        )
+        scat = scatter if opts.scatter else None
+        for k, i in enumerate(idx):
+            r0, c0 = top[i]
+            w = (slice(r0, r0 + size), slice(c0, c0 + size))
+            free = n0[w].astype(float) * base[i]
+            lam = free * win[i] + (scat[w] if scat is not None else 0.0)
+            lam = np.maximum(lam, 1e-6)
+            g = free[None] * grad[k]  # (2, W, W) d(expected quanta)/d(image position)
+            fisher = np.einsum("jrc,krc->jk", g, g / lam[None])
+            try:
+                crb[i] = np.sqrt(np.diag(np.linalg.inv(fisher)))
+            except np.linalg.LinAlgError:
+                pass
+            snr[i] = float(np.sqrt(np.sum((free * (1 - win[i])) ** 2 / lam)))
 
     signal = expected if opts.noiseless else poisson_noise(expected, rng_noise)
     if opts.blur and opts.detector_sigma_px > 0:
@@ -421,6 +461,8 @@ def render_view(
         spr_behind_patient=spr,
         collimation_px=collimated_box(view, nominal, opts.collimation),
         layers=layers,
+        marker_crb_px=crb,
+        marker_snr=snr,
     )
 
 

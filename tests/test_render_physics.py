@@ -274,3 +274,48 @@ def test_linear_transfer_dead_pixels_and_bits():
     b = next(b for b in ex.truth["beads"] if b["visible"]["A"])
     r, c = (round(x) for x in b["image_px"]["A"])
     assert np.median(f.pixels[:20, :20]) > 3 * np.median(f.pixels[r - 10 : r + 10, c - 10 : c + 10])
+
+
+def test_bead_cramer_rao_bound_is_the_variance_of_an_efficient_estimator():
+    """The truth's CRB: an estimator that attains it on real noisy renders shows that
+    the gradients, the Fisher matrix and the noise model agree."""
+    det = Detector(
+        np.array([-3.6, -3.6, 1500.0]),
+        np.array([1.0, 0, 0]),
+        np.array([0, 1.0, 0]),
+        np.array([0.15, 0.15]),
+        48,
+        48,
+    )
+    view = ViewGeometry(np.zeros(3), det)
+    bead = Markers(np.array([[0.03, -0.05, 1200.0]]), np.array([0.4]))
+    tech = {"kv": 70.0, "ma": 100.0, "ms": 25.0, "mas": 2.5}  # ~1000 quanta per pixel
+    opts = RenderOptions(
+        scatter=False, texture=False, blur=False, read_noise_quanta=0.0, heel_k=0.0, bits_stored=16
+    )
+    quiet = render_view(
+        view, view, [], bead, tech, replace(opts, noiseless=True), np.random.default_rng(0)
+    )
+    crb = quiet.marker_crb_px[0]
+    assert 0.001 < crb[0] < 0.05 and crb[0] == pytest.approx(crb[1], rel=0.15)
+    mu0 = stored_to_quanta(quiet.pixels, opts)
+    # Gradient of the expected image with respect to the bead's image position.
+    top, win, _ = marker_windows(view, bead, 70.0, 4, 1.0, False)
+    from simulator.beads import window_gradients
+
+    g = window_gradients(view, bead, 70.0, 4, 1.0, False, top, win.shape[1] // 2)[0]
+    size = g.shape[1]
+    r0, c0 = top[0]
+    w = (slice(r0, r0 + size), slice(c0, c0 + size))
+    lam = mu0[w]
+    n0 = np.median(mu0)
+    gm = (n0 * g).reshape(2, -1)  # d(expected)/d(position) on the flat field
+    info = (gm / lam.ravel()) @ gm.T
+    assert np.sqrt(np.diag(np.linalg.inv(info))) == pytest.approx(crb, rel=0.05)
+    est = []
+    for k in range(300):
+        noisy = render_view(view, view, [], bead, tech, opts, np.random.default_rng(100 + k))
+        y = stored_to_quanta(noisy.pixels, opts)[w]
+        est.append(np.linalg.solve(info, (gm / lam.ravel()) @ (y - lam).ravel()))
+    sd = np.std(est, axis=0)
+    assert sd == pytest.approx(crb, rel=0.1)
