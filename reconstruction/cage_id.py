@@ -143,6 +143,7 @@ def identify(
     det_radius: np.ndarray | None = None,
     marker_radius: np.ndarray | None = None,
     relinearise: bool = True,
+    hypotheses: int = 3,
 ) -> Identification:
     """Identify cage markers among detections, starting from the nominal geometry.
 
@@ -163,6 +164,8 @@ def identify(
     relinearise : bool
         Re-linearise once at the solution and re-assign (exact to well under a
         pixel even at the edge of the tolerance).
+    hypotheses : int
+        How many distinct first votes to follow (the best solution is kept).
     """
     n = len(cage_xyz)
     det = model.nominal.detector
@@ -189,11 +192,46 @@ def identify(
     # within-group spread of offsets: half the rotation's reach, at least a few px
     rot = _block_norm(lin.jac[cand][:, :, 3:6])
     bandwidth = max(3.0, 0.5 * float(np.median(rot))) + 2 * sigma_px
+    ctx = (lin, n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
+    # A regular cage can also fit shifted by one pitch: try the strongest few
+    # distinct first votes and keep the solution that explains most markers.
+    best = None
+    for h in range(max(1, hypotheses)):
+        sol = _solve(ctx, h)
+        if sol is None:
+            break
+        mk, dk, x, cov = sol
+        resid = np.linalg.norm(lin.predict(x)[mk] - det_rc[dk], axis=1) if len(mk) else []
+        key = (len(mk), -float(np.mean(resid)) if len(mk) else 0.0)
+        if best is None or key > best[0]:
+            best = (key, sol)
+        # a solution that explains most markers it puts in the image is not an alias
+        inside = cand & inside_image(lin.predict(x), det, 10.0)
+        if len(mk) >= 0.8 * max(int(inside.sum()), 1):
+            break
+    if best is None:
+        return empty
+    mk, dk, x, cov = best[1]
+    if len(mk) >= 6 and relinearise:
+        lin = _Linear(model, cage_xyz, x)
+        mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
+    theta = x * model.scale
+    pred = model.project(theta, cage_xyz) if len(mk) else lin.p0
+    return Identification(theta, mk, dk, pred)
+
+
+def _solve(ctx, first_choice: int):
+    """Vote, fit and assign round after round; ``first_choice`` picks the first vote's peak.
+
+    Returns (marker idx, blob idx, x, cov), or None when the chosen first peak
+    does not exist.
+    """
+    lin, n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
     x = np.zeros(N_PARAMS)
     cov = np.eye(N_PARAMS)
     mk = np.zeros(0, int)
     dk = np.zeros(0, int)
-    for _round in range(6):
+    for rnd in range(6):
         pred = lin.predict(x)
         gate = _gate(lin, cov, 3.0, 3 * sigma_px + 2)
         matched = np.zeros(n, bool)
@@ -219,28 +257,42 @@ def identify(
         background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)
         need = max(3.0, background + 4 * np.sqrt(background))
         score = counts - np.linalg.norm(off, axis=1) / (gate[pm] + 1e-9)
-        best = int(np.argmax(score))
+        order = np.argsort(-score)
+        pick = rnd == 0 and first_choice > 0
+        best = int(order[0])
+        if pick:
+            # the first_choice-th peak distinct (by more than the bandwidth) from stronger ones
+            peaks: list[int] = []
+            for i in order:
+                if counts[i] < need:
+                    break
+                if all(np.linalg.norm(off[i] - off[j]) > 2 * bandwidth for j in peaks):
+                    peaks.append(int(i))
+                    if len(peaks) > first_choice:
+                        break
+            if len(peaks) <= first_choice:
+                return None
+            best = peaks[first_choice]
         if counts[best] < need:
+            if rnd == 0 and first_choice > 0:
+                return None
             break
         near = np.linalg.norm(off - off[best], axis=1) < bandwidth
         # one blob per marker and one marker per blob: nearest to the peak offset
-        cost = np.full((n, len(det_rc)), _BIG)
-        cost[pm[near], pd[near]] = np.linalg.norm(off[near] - off[best], axis=1)
-        r, c = linear_sum_assignment(cost[np.ix_(np.unique(pm[near]), np.unique(pd[near]))])
         um, ud = np.unique(pm[near]), np.unique(pd[near])
-        ok = cost[um[r], ud[c]] < _BIG
+        cost = np.full((len(um), len(ud)), _BIG)
+        cost[np.searchsorted(um, pm[near]), np.searchsorted(ud, pd[near])] = np.linalg.norm(
+            off[near] - off[best], axis=1
+        )
+        r, c = linear_sum_assignment(cost)
+        ok = cost[r, c] < _BIG
         mk = np.r_[mk, um[r[ok]]]
         dk = np.r_[dk, ud[c[ok]]]
         if len(mk) < 3:
             break
         x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
         mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
-    if len(mk) >= 6 and relinearise:
-        lin = _Linear(model, cage_xyz, x)
-        mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
-    theta = x * model.scale
-    pred = model.project(theta, cage_xyz) if len(mk) else lin.p0
-    return Identification(theta, mk, dk, pred)
+    return mk, dk, x, cov
 
 
 def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate):
