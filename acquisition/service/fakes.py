@@ -190,7 +190,7 @@ class FakePipeline(Pipeline):
     def cage_overlay_png(self, raw, res) -> bytes:
         return _png(raw.pixels)
 
-    def result_overlay_png(self, raw, res, view) -> bytes:
+    def result_overlay_png(self, raw, res, view, result=None) -> bytes:
         return _png(raw.pixels)
 
 

@@ -169,10 +169,41 @@ class Pipeline:
 
         return png_bytes(draw_cage_check(raw, res))
 
-    def result_overlay_png(self, raw, res, view: str) -> bytes:
+    def result_overlay_png(self, raw, res, view: str, result: dict | None = None) -> bytes:
         from reconstruction.overlay import draw_reconstruction
 
-        return png_bytes(draw_reconstruction(raw, res, view))
+        rgb = draw_reconstruction(raw, res, view)
+        if result is not None:
+            rgb = verdict_banner(rgb, result, view)
+        return png_bytes(rgb)
+
+
+def verdict_banner(rgb, result: dict, view: str):
+    """The station's verdict and the reasons of every failed check under the image."""
+    import cv2
+    import numpy as np
+
+    qc = result["qc"]
+    failed = [c for c in qc["checks"] if not c["passed"] and c["view"] in (None, view)]
+    lines = [f"station verdict: {qc['verdict'].upper()}"] + [
+        f"{c['code']}{' ' + c['view'] if c['view'] else ''}: {c['message']}" for c in failed
+    ]
+    lines = [ln.encode("ascii", "replace").decode() for ln in lines]  # Hershey fonts: ASCII
+    h = 10 + 20 * len(lines)
+    band = np.full((h, rgb.shape[1], 3), 24, np.uint8)
+    colour = (40, 200, 60) if qc["verdict"] == "pass" else (230, 60, 50)
+    for i, ln in enumerate(lines):
+        cv2.putText(
+            band,
+            ln[:160],
+            (8, 22 + 20 * i),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            colour if i == 0 else (235, 235, 235),
+            1,
+            cv2.LINE_AA,
+        )
+    return np.vstack([rgb, band])
 
 
 def png_bytes(rgb) -> bytes:

@@ -110,7 +110,7 @@ class Runtime:
                 if st == State.ACQUIRING:
                     self.store.step(eid, "frames_stored", SYSTEM, {"reason": "recovery"})
                 self.store.record(SYSTEM, "processing_resumed", eid, {"attempt": last["number"]})
-                self._pending[eid] = self.cpu.submit(self._process_from_files, eid, last["number"])
+                self._pending[eid] = self.io.submit(self._process_from_files, eid, last["number"])
 
     # ------------------------------------------------------------------ queries
     def status(self) -> dict:
@@ -361,7 +361,11 @@ class Runtime:
         except Exception as exc:
             self._abort_attempt(exam_id, f"detector frame missing: {exc}")
             return
-        # Images on disk (atomically) before the exam advances.
+        # Reconstruction starts from the frames in memory while the images are
+        # written; the exam still advances only once they are on disk.
+        raws = {v: processing.raw_of(frames[v]) for v in VIEWS}
+        t_frames = max(arrived.values())
+        recon = self.cpu.submit(self.pipeline.reconstruct, region, raws)
         adir = self.attempt_dir(exam_id, number)
         try:
             images = self.pipeline.write_pair(frames, adir, exam, number)
@@ -377,9 +381,8 @@ class Runtime:
             attempt_updates=(number, {"status": "acquired", "images": images}),
         )
         self._publish_exam(exam)
-        raws = {v: processing.raw_of(frames[v]) for v in VIEWS}
         cage = {v: checks[v].result() for v in VIEWS}
-        self.cpu.submit(self._process, exam_id, number, raws, report, cage, t_report).result()
+        self._process(exam_id, number, raws, report, cage, t_report, t_frames, recon)
 
     def _cage_check(self, exam_id, number, region, view, frame, t_arrived) -> dict:
         self.bus.publish(
@@ -435,7 +438,10 @@ class Runtime:
                 )
         self._process(exam_id, number, raws, att["report"] or {}, cage, time.monotonic())
 
-    def _process(self, exam_id, number, raws, report, cage, t_report) -> None:
+    def _process(
+        self, exam_id, number, raws, report, cage, t_report, t_frames=None, recon=None
+    ) -> None:
+        """Reconstruction, station QC, migration; store the verdict, then draw the overlays."""
         exam = self.store.exam(exam_id)
         self.bus.publish(
             "progress",
@@ -446,12 +452,17 @@ class Runtime:
         )
         adir = self.attempt_dir(exam_id, number)
         try:
-            recon, obj = self.pipeline.reconstruct(exam["region"], raws)
-            result = processing.exam_result(recon, report)
-            result["processing_s"] = round(time.monotonic() - t_report, 3)
-            for v in VIEWS:
-                png = self.pipeline.result_overlay_png(raws[v], obj, v)
-                processing.write_file(adir / f"result-{v}.png", png)
+            if recon is None:
+                recon = self.cpu.submit(self.pipeline.reconstruct, exam["region"], raws)
+            rdict, obj = recon.result()
+            result = processing.exam_result(rdict, report)
+            now = time.monotonic()
+            result["timing"] = {  # seconds, this station, this exposure
+                "report_to_frames_s": None if t_frames is None else round(t_frames - t_report, 3),
+                "frames_to_qc_s": None if t_frames is None else round(now - t_frames, 3),
+                "report_to_qc_s": round(now - t_report, 3),
+                "cage_check_s": {v: (cage.get(v) or {}).get("latency_s") for v in VIEWS},
+            }
             migration = None
             if exam["reference_exam_id"] is not None:
                 self.bus.publish(
@@ -492,6 +503,16 @@ class Runtime:
             stage="done",
             message="verdict ready" if err is None else f"processing failed: {err}",
         )
+        if err is None:
+            for v in VIEWS:  # the verdict is on screen; the pictures follow
+                try:
+                    png = self.pipeline.result_overlay_png(raws[v], obj, v, fields["result"])
+                    processing.write_file(adir / f"result-{v}.png", png)
+                    self.bus.publish(
+                        "overlay", exam_id=exam_id, attempt=number, name=f"result-{v}.png"
+                    )
+                except Exception:
+                    log.exception("result overlay failed")
 
     def _migration(self, exam: dict, result: dict) -> dict:
         ref = self.store.exam(exam["reference_exam_id"])
