@@ -28,8 +28,9 @@ is ``T_fu ∘ T_ref⁻¹``. The model is the marker positions measured in the
 reference exam, completed, for markers not seen there, by their segment-file
 positions carried by the reference fit (accurate only to the segment file's
 0.5 mm). ``markers_matched`` is then the smaller of the two exams' counts, ME
-the mean over both exams' fits, CN that of the model markers used in the
-reference exam.
+that of the follow-up fit (the reference fit is exact: the model is the
+reference measurement), CN that of the model markers seen in the reference
+exam.
 """
 
 from __future__ import annotations
@@ -236,12 +237,9 @@ def _fit_all(
         return SegmentFit(lab.name, lab, n, None, None, cn)
     pose_r = fit_rigid(model[seen_r], reference.xyz[lab.ref_index[seen_r]])
     pose_f = fit_rigid(model[seen_f], followup.xyz[lab.fu_index[seen_f]])
-    res = np.concatenate(
-        [
-            residuals(pose_r, model[seen_r], reference.xyz[lab.ref_index[seen_r]]),
-            residuals(pose_f, model[seen_f], followup.xyz[lab.fu_index[seen_f]]),
-        ]
-    )
+    # The model is the reference measurement, so the reference fit is exact:
+    # ME is that of the follow-up fit (averaging in the zeros would flatter it).
+    res = residuals(pose_f, model[seen_f], followup.xyz[lab.fu_index[seen_f]])
     motion = pose_f.compose(pose_r.inverse())
     return SegmentFit(lab.name, lab, n, motion, float(res.mean()), cn, res)
 
