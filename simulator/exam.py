@@ -222,18 +222,35 @@ class SimulatedExam:
         }
 
 
-def _lay_out_beads(region, cage_kind, seed, station: Station, cage_xyz) -> Phantom:
-    """A bead layout leaving at least 4 beads per segment visible in both nominal views."""
+def lay_out_beads(
+    region: str,
+    cage_kind: str,
+    seed: int,
+    cage_xyz: np.ndarray,
+    scenarios: list[tuple[dict[str, ViewGeometry], tuple[np.ndarray, np.ndarray] | None]],
+    attempts: int = 40,
+) -> Phantom:
+    """The patient's bead layout, drawn as a surgeon spreads beads.
+
+    Layouts are drawn in turn from ``seed`` until one leaves at least 4 beads
+    per segment visible in both views in every scenario (the views on the day
+    and the patient's pose of each examination it will appear in); otherwise
+    the layout with the best worst case is kept.
+    """
     best = None
-    for attempt in range(40):
+    for attempt in range(attempts):
         ph = build_phantom(region, rng_for(seed, "beads", attempt), cage_kind)
-        xyz = np.array([b.xyz_mm for b in ph.beads])
         segs = np.array([b.segment for b in ph.beads])
-        allxyz = np.vstack([xyz, cage_xyz])
-        both = np.ones(len(xyz), bool)
-        for v in station.views.values():
-            both &= visibility(v, allxyz, ph.metal)[1][: len(xyz)]
-        worst = min(int(both[segs == s].sum()) for s in np.unique(segs))
+        worst = None
+        for views, pose in scenarios:
+            placed = ph.moved(*pose) if pose is not None else ph
+            xyz = np.array([b.xyz_mm for b in placed.beads])
+            allxyz = np.vstack([xyz, cage_xyz])
+            both = np.ones(len(xyz), bool)
+            for v in views.values():
+                both &= visibility(v, allxyz, placed.metal)[1][: len(xyz)]
+            w = min(int(both[segs == s].sum()) for s in np.unique(segs))
+            worst = w if worst is None else min(worst, w)
         if best is None or worst > best[0]:
             best = (worst, ph)
         if worst >= 4:
@@ -337,10 +354,13 @@ def simulate_exam(
     cage_xyz = cage_obj.xyz_mm
     day = geometry_on_the_day(station, rng_for(seed, "geometry"))
 
-    if phantom is None:
-        phantom = _lay_out_beads(region, cage_kind, seed, station, cage_xyz)
     if patient_pose is None and reposition:
-        patient_pose = random_pose(phantom, rng_for(seed, "pose"), 2.0, 4.0)
+        # The pose turns about the beads' centroid, which any layout of this
+        # patient shares within millimetres: take it from the first draw.
+        about = phantom or build_phantom(region, rng_for(seed, "beads", 0), cage_kind)
+        patient_pose = random_pose(about, rng_for(seed, "pose"), 2.0, 4.0)
+    if phantom is None:
+        phantom = lay_out_beads(region, cage_kind, seed, cage_xyz, [(day, patient_pose)])
     if patient_pose is not None:
         phantom = phantom.moved(*patient_pose)
 

@@ -27,14 +27,15 @@ from reconstruction.geometry import Cage, Station
 from simulator.exam import (
     BASE_TIME,
     SimulatedExam,
-    _lay_out_beads,
     binned_station,
+    geometry_on_the_day,
+    lay_out_beads,
     load_data,
     random_pose,
     rng_for,
     simulate_exam,
 )
-from simulator.phantoms import DEFAULT_CAGE
+from simulator.phantoms import DEFAULT_CAGE, build_phantom
 
 FOLLOWUP_DAYS = (42, 91, 182, 365, 730, 1095, 1825)
 
@@ -142,12 +143,18 @@ def simulate_series(
         station_dict = binned_station(station_dict, 2)
     station = Station.from_dict(station_dict)
     cage_xyz = Cage.from_dict(load_data("cage", cage_kind)).xyz_mm
-    base = _lay_out_beads(region, cage_kind, seed, station, cage_xyz)
-    moving, reference = base.moving_segment, base.reference_segment
-
-    prng = rng_for(seed, "pose", 1000)
     labels = ["reference", "double"] + [f"followup-{k + 1}" for k in range(len(migrations))]
-    poses = [random_pose(base, prng, reposition_deg, reposition_mm) for _ in labels]
+    seeds = [seed * 1000 + i for i in range(len(labels))]
+    prng = rng_for(seed, "pose", 1000)
+    first = build_phantom(region, rng_for(seed, "beads", 0), cage_kind)
+    poses = [random_pose(first, prng, reposition_deg, reposition_mm) for _ in labels]
+    # One patient: the layout must serve every examination of the series.
+    scenarios = [
+        (geometry_on_the_day(station, rng_for(s, "geometry")), pose)
+        for s, pose in zip(seeds, poses, strict=True)
+    ]
+    base = lay_out_beads(region, cage_kind, seed, cage_xyz, scenarios)
+    moving, reference = base.moving_segment, base.reference_segment
     rot0, t0 = poses[0]
     moving_base = np.array([b.xyz_mm for b in base.beads if b.segment == moving])
     moving_ref = moving_base @ rot0.T + t0
@@ -175,7 +182,7 @@ def simulate_series(
         when = BASE_TIME + timedelta(days=days, minutes=20 * (i == 1))
         ex = simulate_exam(
             region,
-            seed * 1000 + i,
+            seeds[i],
             cage=cage_kind,
             phantom=ph,
             patient_pose=poses[i],
