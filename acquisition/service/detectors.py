@@ -76,6 +76,18 @@ class SimDetectors:
             if self.pair is not None:
                 self.pair.arm()
 
+    def segments(self, exam: dict) -> dict | None:
+        """The simulated patient's segment definition, in the contract's shape.
+
+        Stands in for the file a physicist prepares from the reference exam:
+        the bead positions of each rigid body of this patient.
+        """
+        from simulator.exam import simulate_exam
+
+        seed = self.fixed_seed if self.fixed_seed is not None else patient_seed(exam["patient_id"])
+        probe = simulate_exam(exam["region"], seed, views=(), full_resolution=self.full_resolution)
+        return probe.segments_json()
+
     def status(self) -> dict:
         with self._lock:
             pair = self.pair

@@ -52,6 +52,10 @@ class Hardware:
     def prepare(self, exam: dict) -> None:
         """Get ready for ``exam`` (e.g. point the simulated detectors at its patient)."""
 
+    def default_segments(self, exam: dict) -> dict | None:
+        """A segment definition the hardware knows for this patient (the simulator's)."""
+        return None
+
     def status(self) -> dict:
         raise NotImplementedError
 
@@ -292,6 +296,10 @@ class StationHardware(Hardware):
     def prepare(self, exam: dict) -> None:
         """Point the detectors at this exam (the simulator renders its patient)."""
         self.detectors.prepare(exam)
+
+    def default_segments(self, exam: dict) -> dict | None:
+        fn = getattr(self.detectors, "segments", None)
+        return fn(exam) if fn is not None else None
 
     def arm(self, technique: dict) -> None:
         self.detectors.arm()

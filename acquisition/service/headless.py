@@ -60,4 +60,6 @@ def run_exam(
     rt.set_technique(operator, eid, exam["technique"])
     rt.arm(operator, eid)
     expose(rt, operator, eid)
-    return wait_state(rt, eid, (State.REVIEW, State.READY), timeout)
+    wait_state(rt, eid, (State.REVIEW, State.READY), timeout)
+    rt.wait_idle(eid, timeout)  # overlays are drawn after the verdict is stored
+    return rt.store.exam(eid)

@@ -516,7 +516,7 @@ class Runtime:
 
     def _migration(self, exam: dict, result: dict) -> dict:
         ref = self.store.exam(exam["reference_exam_id"])
-        segments = exam.get("segments") or ref.get("segments")
+        segments = exam.get("segments") or ref.get("segments") or self.hw.default_segments(ref)
         if not segments:
             return {"available": False, "message": "no segment definition for this patient"}
         used = ref["used_attempts"]

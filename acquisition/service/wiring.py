@@ -55,13 +55,10 @@ def build_runtime(
     frame_timeout_s: float = 30.0,
 ) -> Runtime:
     if simulate:
-        import simulator.controller as simctl
-
         controller = controller or SIM_URL
         detectors = detectors or "sim"
-        if controller.startswith("sim://"):
-            # fast clock off: the station must see real-time behaviour
-            simctl.get_controller(controller[len("sim://") :].split("?")[0])
+    if controller and controller.startswith("sim://"):
+        import simulator.controller  # noqa: F401  registers the sim:// URL scheme
     if not controller:
         raise InputError("--controller: a pyserial URL is needed (or --simulate)")
     if detectors in (None, "sim"):
