@@ -69,6 +69,10 @@ def serve(rt: Runtime, host: str, port: int, on_ready=None) -> int:
                 on_ready()
 
         threading.Thread(target=watch, daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    print("station stopped", flush=True)
     sys.stdout.flush()
     return 0
