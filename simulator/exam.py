@@ -81,6 +81,24 @@ def _in_ball(rng: np.random.Generator, radius: float) -> np.ndarray:
     return v / np.linalg.norm(v) * radius * rng.uniform(0, 1) ** (1 / 3)
 
 
+def _migrated(phantom: Phantom, migration) -> Phantom:
+    """The phantom with its moving segment moved by ``migration`` (see simulate_exam)."""
+    if isinstance(migration, tuple) and len(migration) == 2:
+        rot = np.asarray(migration[0], float).reshape(3, 3)
+        t = np.asarray(migration[1], float).reshape(3)
+    else:
+        try:
+            v = np.asarray(migration, float).reshape(6)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"migration: expected (R, t) or 6 numbers tx,ty,tz,rx,ry,rz, got {migration!r}"
+            ) from None
+        rot = Rotation.from_euler("xyz", v[3:], degrees=True).as_matrix()
+        c = np.mean([b.xyz_mm for b in phantom.beads if b.segment == phantom.moving_segment], 0)
+        t = v[:3] + c - rot @ c
+    return phantom.segment_moved(phantom.moving_segment, rot, t)
+
+
 def nominal_isocentre(station: Station) -> np.ndarray:
     """Where the two nominal central rays pass closest: the set-up's patient position.
 
@@ -281,6 +299,8 @@ def simulate_exam(
     render_options: RenderOptions | None = None,
     views: tuple[str, ...] = ("A", "B"),
     exposure_seed: int | None = None,
+    patient_seed: int | None = None,
+    migration=None,
 ) -> SimulatedExam:
     """Render a stereo exam of ``region`` with ground truth.
 
@@ -326,6 +346,14 @@ def simulate_exam(
         Seeds the texture and noise apart from ``seed``, so that repeated
         exposures of the same set-up (same geometry on the day, same patient)
         differ only in their noise.
+    patient_seed : int, optional
+        The patient (bead layout) apart from ``seed`` (the day: geometry,
+        positioning, noise): exams of one patient on different days share it.
+        The layout is then chosen against the nominal geometry only.
+    migration : optional
+        Rigid motion of the moving segment (implant) in the patient as placed
+        in the cage before positioning: ``(R, t)`` or ``[tx, ty, tz, rx, ry, rz]``
+        (mm; degrees about x, y, z, about the segment's bead centroid).
     """
     if region not in REGIONS:
         raise InputError(f"region: expected one of {', '.join(REGIONS)}, got {region!r}")
@@ -354,6 +382,9 @@ def simulate_exam(
     cage_xyz = cage_obj.xyz_mm
     day = geometry_on_the_day(station, rng_for(seed, "geometry"))
 
+    if phantom is None and patient_seed is not None:
+        # One patient across days: the layout depends on the patient only.
+        phantom = lay_out_beads(region, cage_kind, patient_seed, cage_xyz, [(station.views, None)])
     if patient_pose is None and reposition:
         # The pose turns about the beads' centroid, which any layout of this
         # patient shares within millimetres: take it from the first draw.
@@ -361,6 +392,8 @@ def simulate_exam(
         patient_pose = random_pose(about, rng_for(seed, "pose"), 2.0, 4.0)
     if phantom is None:
         phantom = lay_out_beads(region, cage_kind, seed, cage_xyz, [(day, patient_pose)])
+    if migration is not None:
+        phantom = _migrated(phantom, migration)
     if patient_pose is not None:
         phantom = phantom.moved(*patient_pose)
 
@@ -544,6 +577,7 @@ def simulate_exam(
         "exposure_id": int(exposure_id),
         "acquisition_datetime": when.isoformat(),
         "phantom": phantom.description,
+        "patient_seed": int(seed if patient_seed is None else patient_seed),
     }
     if patient_pose is not None:
         truth["patient_pose"] = {

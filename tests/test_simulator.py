@@ -385,3 +385,35 @@ def test_cli_series(tmp_path):
     assert seg["reference_segment"] == "L5" and seg["moving_segment"] == "L4"
     mig = json.loads((tmp_path / "followup-1" / "truth.json").read_text())["migration"]
     assert np.allclose(mig["rotation_deg"], [0.3, 0, 0], atol=1e-9)
+
+
+def test_one_patient_on_two_days_and_a_given_migration():
+    a = simulate_exam("upper", 1, patient_seed=7, views=())
+    b = simulate_exam("upper", 2, patient_seed=7, views=())
+    c = simulate_exam("upper", 1, views=())
+
+    def xyz(ex):
+        return np.array([bd["xyz_mm"] for bd in ex.truth["beads"]])
+
+    def dists(p):
+        return np.linalg.norm(p[:, None] - p[None], axis=2)
+
+    # Same patient: the same bead layout, seen in another pose on another day.
+    assert np.allclose(dists(xyz(a)), dists(xyz(b)), atol=1e-9)
+    assert np.abs(xyz(a) - xyz(b)).max() > 0.5
+    assert a.truth["views"] != b.truth["views"]
+    assert xyz(c).shape != xyz(a).shape or not np.allclose(dists(xyz(a)), dists(xyz(c)))
+    # A migration moves only the moving segment, exactly as asked.
+    rot = Rotation.from_euler("xyz", [0.5, -0.3, 0.8], degrees=True).as_matrix()
+    t = np.array([0.2, -0.1, 0.3])
+    still = simulate_exam("lower", 3, patient_seed=5, views=(), reposition=False)
+    moved = simulate_exam(
+        "lower", 3, patient_seed=5, views=(), reposition=False, migration=(rot, t)
+    )
+    seg = np.array([bd["segment"] for bd in still.truth["beads"]])
+    mov = seg == still.truth["segments"]["moving"]
+    p0, p1 = xyz(still), xyz(moved)
+    assert np.allclose(p1[~mov], p0[~mov])
+    assert np.allclose(p1[mov], p0[mov] @ rot.T + t)
+    with pytest.raises(InputError):
+        simulate_exam("lower", 3, views=(), migration=[1, 2])
