@@ -26,7 +26,10 @@ def test_an_exposure_through_the_bridge_delivers_both_frames_with_the_actual_tec
             assert ctl.interlocks["detector_a_ready"] and ctl.interlocks["detector_b_ready"]
             eid = c.arm()
             ctl.press_hand_switch("prep")
-            time.sleep(0.3)
+            end = time.monotonic() + 30
+            while ctl.state != "ready" and time.monotonic() < end:
+                time.sleep(0.01)
+            assert ctl.state == "ready"
             ctl.press_hand_switch("expose")
             fa = pair.detectors["A"].wait_for_frame(60)
             fb = pair.detectors["B"].wait_for_frame(60)
