@@ -180,6 +180,16 @@ def test_options_are_honoured():
     assert f.pixels[5, 5] < inside
     b = ex.truth["beads"][0]
     assert np.allclose(np.subtract(b["xyz_mm_B"], b["xyz_mm"]), [0, 0.5, 0])
+    # Collimated: what the truth calls visible lies 10 px inside the field; some
+    # cage markers with shadows on the detector fall outside it.
+    cut = 0
+    for m in ex.truth["beads"] + ex.truth["cage_markers"]:
+        rc = m["image_px"]["A"]
+        if m["visible"]["A"]:
+            assert r0 + 10 <= rc[0] <= r1 - 10 and c0 + 10 <= rc[1] <= c1 - 10
+        elif rc is not None and not (r0 <= rc[0] <= r1 and c0 <= rc[1] <= c1):
+            cut += 1
+    assert cut >= 10
     raw = f.to_raw_image()
     assert raw.photometric == "MONOCHROME1" and raw.bits_stored == 12
 
