@@ -420,7 +420,7 @@ class Firmware:
                 self._raise_fault(P.ErrorCode.ARC, 0, arg & 1)
                 return
             if kind == P.SimFault.INTERLOCK_MID_EXPOSURE:
-                which = P.Interlock(arg if arg in P.Interlock._value2member_map_ else 0)
+                which = P.Interlock(arg if arg < len(P.Interlock) else 0)
                 self.set_interlock(which, False, self.now)
                 return
             if kind == P.SimFault.REBOOT_MID_EXPOSURE:
@@ -729,7 +729,7 @@ class Firmware:
         if not self.cfg.bench_mode:
             return ("nak", P.ErrorCode.BENCH_DISABLED, 0)
         idx, closed = P.BENCH_INTERLOCK.unpack(frame.payload)
-        if idx not in P.Interlock._value2member_map_ or closed > 1:
+        if idx >= len(P.Interlock) or closed > 1:
             return ("nak", P.ErrorCode.BAD_VALUE, idx)
         self.set_interlock(P.Interlock(idx), bool(closed), self.now)
         return ("ack", b"")
