@@ -303,7 +303,6 @@ class Firmware:
                 self._set_state(P.State.ARMED, P.StateReason.PREP_TIMEOUT)
             elif s == P.State.PREP and self.bt >= self.ready_at:
                 self._set_state(P.State.READY, P.StateReason.READY_DELAY)
-                s = P.State.READY
             if self.state == P.State.READY and eff == P.Stage.EXPOSE:
                 self._start_exposure()
         if self.state == P.State.EXPOSING:
