@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from simulator.primitives import Box, Cylinder, Ellipsoid, Solid, rot_x, rot_y, rot_z
 
@@ -612,8 +613,39 @@ PLACEMENT = {
 def build_phantom(region: str, rng: np.random.Generator, cage: str) -> Phantom:
     """The region's phantom, beads laid out by ``rng``, placed nominally in ``cage``."""
     ph = BUILDERS[region](rng)
+    ph = replace(ph, solids=ph.solids + tuple(_fat_planes(ph, rng)))
     rot, trans = PLACEMENT[(region, cage)]
     return ph.moved(rot, trans)
+
+
+def _fat_planes(ph: Phantom, rng: np.random.Generator, n: int = 6) -> list[Solid]:
+    """Intermuscular and subcutaneous fat: soft, low-contrast clutter in the background.
+
+    Ellipsoids of fat inside the body's soft tissue (its first solid), kept
+    clear of bone and implants so that nothing is displaced twice.
+    """
+    body = ph.solids[0]
+    hard = [s for s in ph.solids[1:] if s.material not in ("soft", "fat", "air")]
+    size = float(np.min(body.half_extents()[:2]))
+    out: list[Solid] = []
+    for _ in range(200):
+        if len(out) == n:
+            break
+        semi = rng.uniform(0.08, 0.25, size=3) * size
+        local = rng.uniform(-0.6, 0.6, size=3) * body.half_extents()
+        if isinstance(body, Ellipsoid) and np.sum((local / body.half_extents()) ** 2) > 0.36:
+            continue
+        if isinstance(body, Cylinder):
+            if np.sum((local[:2] / body.half_extents()[:2]) ** 2) > 0.36:
+                continue
+            local[2] = float(np.clip(local[2], -body.half + 60, body.half - 60))
+        centre = body.center + body.axes @ local
+        reach = float(semi.max())
+        if any(bool(h.dilated(reach).contains(centre)) for h in hard):
+            continue
+        axes = Rotation.from_rotvec(rng.normal(size=3)).as_matrix()
+        out.append(Ellipsoid(center=centre, axes=axes, material="fat", displaces="soft", semi=semi))
+    return out
 
 
 OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}

@@ -67,6 +67,13 @@ class Solid:
     def chord(self, f: np.ndarray, d: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def contains(self, p: np.ndarray) -> np.ndarray:
+        """Whether points (..., 3) lie inside the solid."""
+        raise NotImplementedError
+
+    def _local_points(self, p: np.ndarray) -> np.ndarray:
+        return (np.asarray(p, float) - self.center) @ self.axes
+
     def dilated(self, margin: float) -> Solid:
         raise NotImplementedError
 
@@ -93,6 +100,10 @@ class Ellipsoid(Solid):
 
     def dilated(self, margin):
         return replace(self, semi=np.asarray(self.semi, float) + margin)
+
+    def contains(self, p):
+        q = self._local_points(p) / np.asarray(self.semi, float)
+        return np.sum(q * q, axis=-1) <= 1.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,11 @@ class Cylinder(Solid):
     def dilated(self, margin):
         return replace(self, radii=np.asarray(self.radii, float) + margin, half=self.half + margin)
 
+    def contains(self, p):
+        q = self._local_points(p)
+        r = (q[..., 0] / self.radii[0]) ** 2 + (q[..., 1] / self.radii[1]) ** 2
+        return (r <= 1.0) & (np.abs(q[..., 2]) <= self.half)
+
 
 @dataclass(frozen=True)
 class Box(Solid):
@@ -164,6 +180,9 @@ class Box(Solid):
 
     def dilated(self, margin):
         return replace(self, half_size=np.asarray(self.half_size, float) + margin)
+
+    def contains(self, p):
+        return np.all(np.abs(self._local_points(p)) <= self.half_size, axis=-1)
 
 
 def rot_x(deg: float) -> np.ndarray:

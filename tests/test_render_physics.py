@@ -54,6 +54,8 @@ def test_chords_match_dense_ray_sampling(kind):
             q = (p - c) @ rot
             return np.all(np.abs(q) <= s.half_size, axis=1)
 
+    pts = c + rng.uniform(-35, 35, size=(2000, 3))
+    assert np.array_equal(s.contains(pts), inside(pts))
     f = np.zeros(3)
     hits = 0
     for _ in range(12):
