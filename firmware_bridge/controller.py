@@ -180,16 +180,31 @@ class SyncController:
 
     # -- lifecycle --
 
-    def open(self) -> SyncController:
-        """Open the port, start the I/O thread and (by default) shake hands."""
-        self._link.open()
-        if self._do_hello:
-            try:
-                self.hello()
-                self._link.last_exposure_seen = self.status().last_exposure_id
-            except BaseException:
+    def open(self, require_board: bool = True) -> SyncController:
+        """Open the port, start the I/O thread and (by default) shake hands.
+
+        With ``require_board=False`` a port that cannot be opened, or a board
+        that does not answer, is not an error: the link keeps trying every
+        ``reconnect_interval`` and announces ``ConnectionChanged(connected=True)``
+        when the session is up (a protocol version mismatch still raises).
+        """
+        self._link.open(require_port=require_board)
+        if not self._do_hello or self._link._port is None:
+            return self
+        try:
+            self.hello()
+            self._link.set_baseline(self.status().last_exposure_id)
+        except errors.ProtocolVersionMismatch:
+            self.close()
+            raise
+        except errors.BridgeError:
+            if require_board:
                 self.close()
                 raise
+            self._link.schedule_resync("board answered late")
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:

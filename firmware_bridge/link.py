@@ -162,6 +162,7 @@ class Link:
         self._gap_since = 0.0
         self._seen_exposures: deque[int] = deque(maxlen=256)
         self.last_exposure_seen = 0
+        self.baseline_known = False
         self.last_state: P.State | None = None
         self._hb_due = 0.0
         self._hb_inflight = False
@@ -173,8 +174,20 @@ class Link:
 
     # -- lifecycle ------------------------------------------------------------
 
-    def open(self) -> None:
-        self._open_port()
+    def open(self, require_port: bool = True) -> None:
+        """Open the port and start the threads.
+
+        With ``require_port=False`` a port that cannot be opened yet is retried
+        every ``reconnect_interval`` in the background (then HELLO and resync).
+        """
+        try:
+            self._open_port()
+        except errors.PortError:
+            if require_port:
+                raise
+            self._port = None
+            self._resync_reason = "port opened"
+            self._next_reopen = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sync-link-io", daemon=True)
         self._dispatch_thread = threading.Thread(
@@ -591,6 +604,16 @@ class Link:
 
     # -- sessions and resync --
 
+    def set_baseline(self, last_exposure_id: int) -> None:
+        """Exposures up to this id happened before this host connected."""
+        self.last_exposure_seen = max(self.last_exposure_seen, last_exposure_id)
+        self.baseline_known = True
+
+    def schedule_resync(self, reason: str) -> None:
+        """Keep trying to open a session in the background (board not answering yet)."""
+        self._resync_retry_at = time.monotonic() + self.opts.reconnect_interval
+        self._resync_reason = reason
+
     def hello_payload(self) -> bytes:
         return P.HELLO_REQ.pack(self.opts.protocol_version, codec.PROTOCOL_MINOR, self._nonce)
 
@@ -646,6 +669,9 @@ class Link:
             for ev in self.factory.events(Frame(int(P.MsgType.EVT_STATE), 0, payload), "resync"):
                 self.emit(ev)
         self.last_state = status.state
+        if not self.baseline_known:
+            # first contact: exposures made before we connected are not ours to report
+            self.set_baseline(status.last_exposure_id)
         missing = range(
             max(self.last_exposure_seen + 1, status.last_exposure_id - 31),
             status.last_exposure_id + 1,

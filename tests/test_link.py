@@ -356,3 +356,43 @@ def test_event_gap_that_never_fills_is_skipped(monkeypatch):
         ctl._sink(b"\x00" + ahead)
         assert q.get(timeout=5) == InterlockChanged("door", False)
         assert c.stats.event_gaps == 1
+
+
+def test_open_without_a_board_waits_for_it():
+    url, ctl = fresh()
+    c2 = SyncController(url)
+    with c2:  # an earlier host made exposures: not ours to report
+        c2.set_technique("A", 70, 100, 10)
+        c2.set_technique("B", 70, 100, 10)
+        c2.arm()
+        ctl.press_hand_switch("expose")
+        deadline = time.monotonic() + 10
+        while c2.status().last_exposure_id < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ctl.press_hand_switch("off")
+    ctl.set_link(drop_rate=1.0)  # the board is mute
+    c = SyncController(url, ack_timeout=0.02, retries=1, reconnect_interval=0.1)
+    c.open(require_board=False)
+    try:
+        q = c.events()
+        assert not c.connected
+        ctl.set_link(drop_rate=0.0)
+        ev = q.get(timeout=10)
+        while not isinstance(ev, ConnectionChanged):
+            ev = q.get(timeout=10)
+        assert ev.connected and c.connected
+        assert c.status().last_exposure_id == 1
+        assert not [e for e in _drain(q) if isinstance(e, ExposureReport)]
+    finally:
+        c.close()
+
+
+def test_open_without_a_port_does_not_raise_when_told_so():
+    c = SyncController("/dev/no-such-port", reconnect_interval=0.05)
+    c.open(require_board=False)
+    try:
+        assert not c.connected
+        with pytest.raises(NotConnected):
+            c.status(timeout=0.5)
+    finally:
+        c.close()
