@@ -312,10 +312,9 @@ def match_pattern(
 
     Ds = cdist(scene, scene)
     # Try well-spread triplets first: their fits extrapolate best.
-    triplets = list(itertools.combinations(seed_idx.tolist(), 3))
-    area = [
-        np.linalg.norm(np.cross(model[b] - model[a], model[c] - model[a])) for a, b, c in triplets
-    ]
+    triplets = np.array(list(itertools.combinations(seed_idx.tolist(), 3)), dtype=int)
+    a, b, c = model[triplets[:, 0]], model[triplets[:, 1]], model[triplets[:, 2]]
+    area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
     order = np.argsort(area)[::-1]
     best_key = (1, np.inf)  # (-count, tie-break): lower is better
     best_motion: RigidMotion | None = None
@@ -342,7 +341,7 @@ def match_pattern(
     for ti in order:
         if best_key[0] <= -target and (prior is None or best_key[1] < float(coarse.max())):
             break
-        tri = triplets[ti]
+        tri = tuple(int(x) for x in triplets[ti])
         if area[ti] < 1e-6:
             continue
         # A triplet wholly inside the best consensus only re-finds it.
@@ -477,11 +476,14 @@ def consistent_core(
                 keep[sub[int(np.argmax(bad))]] = False
     while keep.sum() >= 4:
         full = float((_displacement(ref, fu, keep)[keep] ** 2).sum())
+        kept = np.flatnonzero(keep)
+        # All leave-one-out fits of the kept markers at once.
+        subsets = np.array([np.delete(kept, i) for i in range(len(kept))])
+        R, t = fit_rigid_batch(ref[subsets], fu[subsets])
+        moved = np.einsum("hij,hkj->hki", R, ref[subsets]) + t[:, None, :]
+        ssr = ((moved - fu[subsets]) ** 2).sum(axis=(1, 2))
         gain = np.full(n, -np.inf)
-        for j in np.flatnonzero(keep):
-            rest = keep.copy()
-            rest[j] = False
-            gain[j] = full - float((_displacement(ref, fu, rest)[rest] ** 2).sum())
+        gain[kept] = full - ssr
         worst = int(np.argmax(gain))
         if gain[worst] <= (loose_mm if loose_fit_mm is None else loose_fit_mm) ** 2:
             break
