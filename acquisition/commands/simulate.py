@@ -22,6 +22,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more follow-ups, got {v}")
+    return v
+
+
 def _migration(text: str) -> list[float]:
     parts = text.split(",")
     try:
@@ -89,7 +99,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--series",
-        type=int,
+        type=_count,
         default=0,
         metavar="N",
         help="a series for one patient: reference, double examination and N "
