@@ -51,15 +51,25 @@ def run_exam(
     patient_id: str = "SIM-0001",
     patient_name: str = "Simulated^Patient",
     timeout: float = 180.0,
+    tries: int = 3,
 ) -> dict:
-    """Register and run one exam to its verdict; returns the exam (state ``review``)."""
+    """Register and run one exam to its verdict; returns the exam (state ``review``).
+
+    An exposure the board aborted (e.g. the keep-alives came too late on a
+    loaded machine: ``hold_lost``) is tried again, as a technician would press
+    again, up to ``tries`` times; every try stays recorded as an attempt.
+    """
     exam = rt.register(
         operator, {"patient_id": patient_id, "patient_name": patient_name, "region": region}
     )
     eid = exam["id"]
     rt.set_technique(operator, eid, exam["technique"])
-    rt.arm(operator, eid)
-    expose(rt, operator, eid)
-    wait_state(rt, eid, (State.REVIEW, State.READY), timeout)
-    rt.wait_idle(eid, timeout)  # overlays are drawn after the verdict is stored
+    for _ in range(tries):
+        rt.arm(operator, eid)
+        expose(rt, operator, eid)
+        exam = wait_state(rt, eid, (State.REVIEW, State.READY), timeout)
+        rt.wait_idle(eid, timeout)  # overlays are drawn after the verdict is stored
+        if exam["state"] == State.REVIEW:
+            break
+        time.sleep(0.5)  # the board wants the switch released before re-arming
     return rt.store.exam(eid)
