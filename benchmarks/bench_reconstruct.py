@@ -4,7 +4,7 @@
     For each region and cage, ``--seeds`` exams at the simulator's default
     clinical exposure are reconstructed; per exam: 3D bead error (RMS, µm) of
     the markers matched to a true bead, recall of the beads the truth counts
-    visible in both views, false markers (further than 0.2 mm from every true
+    visible in both views, false markers (further than 0.5 mm from every true
     bead), focal-spot error (mm), and the 2D centre error of the patient
     markers and of the cage markers against the Cramér–Rao bound that the
     detector reports for each (the bound of the blurred-disc model at the
@@ -51,7 +51,7 @@ def exam_figures(ex, res) -> dict:
     d = np.linalg.norm(got[:, None] - xyz[None], axis=2) if len(got) else np.zeros((0, len(xyz)))
     j = d.argmin(1) if len(got) else np.zeros(0, int)
     dmin = d.min(1) if len(got) else np.zeros(0)
-    good = dmin < 0.2
+    good = dmin < 0.5  # further from every true bead: a false marker (wrong pairing)
     both = {i for i, b in enumerate(beads) if b["visible"]["A"] and b["visible"]["B"]}
     found = set(j[good].tolist()) & both
     err2d, crb2d = [], []

@@ -33,6 +33,8 @@ BEAD_DIAMETERS_MM = (0.5, 1.0)
 EXPECTED_MARGIN_PX = 10.0
 #: Smallest matched-filter signal-to-noise ratio of a patient bead.
 MIN_BEAD_SNR = 12.0
+#: Largest centre uncertainty (Cramér-Rao bound, at the detector) of a reported bead.
+MAX_BEAD_SIGMA_MM = 0.04
 #: Fewest identified cage markers to calibrate a view (DLT needs 6).
 MIN_CALIBRATION_MARKERS = 6
 
@@ -271,6 +273,10 @@ def analyse_view(
     # identification already predicts: a stricter matched-filter SNR.
     snr = det.relative_contrast * np.sqrt(np.pi) * np.maximum(det.radius_px, det.blur_px)
     keep &= snr >= MIN_BEAD_SNR
+    # a bead whose centre is this uncertain would be placed tens of µm off in
+    # 3D and widens the epipolar gate enough to pair with texture: not reported
+    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
+    keep &= det.sigma_px * sp <= MAX_BEAD_SIGMA_MM
     return ViewResult(
         name=name,
         nominal=nominal,
@@ -333,7 +339,11 @@ def reconstruct(
         )
         d_a = bead_diameter_mm(va.geometry, xyz_all, np.repeat(da.radius_px[ia], len(ib)))
         d_b = bead_diameter_mm(vb.geometry, xyz_all, np.tile(db.radius_px[ib], len(ia)))
-        same = (np.abs(d_a - d_b) <= 0.35 * np.maximum(d_a, d_b) + 0.05).reshape(len(ia), len(ib))
+        # ... and be a bead's diameter (within the fit's size error)
+        lo, hi = 0.8 * BEAD_DIAMETERS_MM[0], 1.25 * BEAD_DIAMETERS_MM[1]
+        sized = (d_a >= lo) & (d_a <= hi) & (d_b >= lo) & (d_b <= hi)
+        same = (np.abs(d_a - d_b) <= 0.3 * np.maximum(d_a, d_b) + 0.05) & sized
+        same = same.reshape(len(ia), len(ib))
         matching = match(
             va.geometry,
             da.rc[ia],
