@@ -105,6 +105,7 @@ class SegmentFit:
                     "reference_id": reference.ids[lab.ref_index[i]],
                     "followup_id": followup.ids[lab.fu_index[i]],
                     "distance_change_mm": _finite(lab.change_mm[i]),
+                    "displacement_mm": _finite(lab.displacement_mm[i]),
                 }
             )
 

@@ -135,6 +135,8 @@ def test_exact_recovery_with_missing_extra_and_loose_beads(seed):
     assert bone["markers_matched"] == 6 and implant["markers_matched"] == 4
     assert [e["marker"] for e in implant["excluded"]] == [4]
     assert implant["excluded"][0]["reason"] == "loose"
+    # The bead moved by |(0, 0.9, -0.5)| = 1.03 mm relative to its segment.
+    assert implant["excluded"][0]["displacement_mm"] == pytest.approx(np.hypot(0.9, 0.5))
     assert bone["missing"] == {"reference": [1], "followup": [6]}
     assert implant["missing"] == {"reference": [], "followup": [2]}
     assert bone["excluded"] == []
