@@ -22,6 +22,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="create this account if missing (repeatable); a missing password is generated",
     )
     p.add_argument(
+        "--pacs",
+        metavar="AE@HOST:PORT",
+        help="send the used images of each accepted exam to this PACS (DICOM C-STORE)",
+    )
+    p.add_argument(
         "--sim-binned",
         action="store_true",
         help="simulated detectors read out binned 2 x 2 (quicker; for tests)",
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         station=args.station,
         cage=args.cage,
         full_resolution=not args.sim_binned,
+        pacs=args.pacs,
     )
     for name, role, password in seed_accounts(rt, args.user):
         print(f"account created: {name} ({role}) password {password}", flush=True)

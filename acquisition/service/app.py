@@ -134,6 +134,7 @@ class ExamOut(BaseModel):
     segments: dict[str, Any] | None
     used_attempts: list[int]
     migration: dict[str, Any] | None
+    pacs: dict[str, Any] | None
     operator: str
     created: str
     updated: str
@@ -475,6 +476,15 @@ def create_app(runtime: Runtime, *, own_runtime: bool = True) -> FastAPI:
     )
     def cancel(exam_id: ExamId, user: Exam, body: RetakeIn | None = None) -> dict:
         return runtime.cancel(user.username, exam_id, body.reason if body else "")
+
+    @app.post(
+        "/api/exams/{exam_id}/export",
+        tags=["exam"],
+        responses=step_errors,
+    )
+    def export(exam_id: ExamId, user: Exam) -> dict[str, Any]:
+        """Send the used images of a completed exam to the PACS again (C-STORE)."""
+        return runtime.export(user.username, exam_id)
 
     @app.get(
         "/api/exams/{exam_id}/attempts/{number}/{name}",

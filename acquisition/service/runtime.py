@@ -47,6 +47,7 @@ class Runtime:
         *,
         bus: EventBus | None = None,
         frame_timeout_s: float = 20.0,
+        pacs=None,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,7 @@ class Runtime:
         self.hw = hardware
         self.pipeline = pipeline
         self.frame_timeout_s = frame_timeout_s
+        self.pacs = pacs  # acquisition.service.pacs.PacsNode or None
         self.io = ThreadPoolExecutor(4, thread_name_prefix="rsa-io")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="rsa-cpu")
         self._lock = threading.RLock()  # serialises workflow decisions on the active exam
@@ -243,7 +245,40 @@ class Runtime:
             updates={"used_attempts": used, "migration": migration},
         )
         self._publish_exam(exam)
+        if self.pacs is not None:
+            self._pending[exam_id] = self.io.submit(self.export, SYSTEM, exam_id)
         return self.exam(exam_id)
+
+    def export(self, operator: str, exam_id: int) -> dict:
+        """Send the used images of a completed exam to the PACS (C-STORE); audited."""
+        from acquisition.service import pacs
+
+        exam = self.store.exam(exam_id)
+        if self.pacs is None:
+            raise WorkflowError("No PACS is configured for this station.")
+        if exam["state"] != State.COMPLETED:
+            raise WorkflowError("Only a completed exam is sent to the PACS.")
+        paths = [
+            a["images"][v]["path"]
+            for a in exam["attempts"]
+            if a["number"] in exam["used_attempts"]
+            for v in VIEWS
+        ]
+        self.bus.publish(
+            "progress", exam_id=exam_id, stage="pacs", message=f"sending to {self.pacs}"
+        )
+        try:
+            stored = pacs.send(self.pacs, paths)
+            value = {"node": str(self.pacs), "status": "sent", "instances": stored}
+            self.store.set_exam_field(exam_id, "pacs", value, operator, "pacs_sent", value)
+            msg = f"{len(stored)} images stored on {self.pacs}"
+        except Exception as exc:
+            value = {"node": str(self.pacs), "status": "failed", "error": str(exc)}
+            self.store.set_exam_field(exam_id, "pacs", value, operator, "pacs_failed", value)
+            msg = f"PACS export failed: {exc}"
+        self.bus.publish("progress", exam_id=exam_id, stage="pacs", message=msg)
+        self._publish_exam(self.store.exam(exam_id))
+        return value
 
     def cancel(self, operator: str, exam_id: int, reason: str = "") -> dict:
         exam = self.store.step(exam_id, "cancel", operator, {"reason": reason})

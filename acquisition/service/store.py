@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS exams (
     segments TEXT,
     used_attempts TEXT NOT NULL DEFAULT '[]',
     migration TEXT,
+    pacs TEXT,
     operator TEXT NOT NULL,
     created TEXT NOT NULL,
     updated TEXT NOT NULL
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 # Attempt status: exposing -> acquired -> processed | failed; or aborted; superseded on retake.
-JSON_COLS_EXAM = ("technique", "segments", "used_attempts", "migration")
+JSON_COLS_EXAM = ("technique", "segments", "used_attempts", "migration", "pacs")
 JSON_COLS_ATTEMPT = ("requested", "report", "images", "cage_checks", "result", "migration")
 
 
@@ -332,6 +333,19 @@ class Store:
             self._update_attempt(c, exam_id, number, fields)
             if action:
                 audit.append(c, operator or "station", action, exam_id, details or {})
+
+    def set_exam_field(
+        self, exam_id: int, field: str, value: Any, operator: str, action: str, details: dict
+    ) -> None:
+        """Record data on an exam without a state change (e.g. its PACS export), audited."""
+        if field not in ("pacs",):
+            raise ValueError(f"not a free exam field: {field}")
+        with self.tx() as c:
+            c.execute(
+                f"UPDATE exams SET {field}=?, updated=? WHERE id=?",
+                (json.dumps(value), audit.now_iso(), exam_id),
+            )
+            audit.append(c, operator, action, exam_id, details)
 
     def record(self, operator: str, action: str, exam_id: int | None, details: dict) -> None:
         """An audit entry that changes nothing else (faults, refusals, interlocks)."""

@@ -53,6 +53,7 @@ def build_runtime(
     full_resolution: bool = True,
     sim_seed: int | None = None,
     frame_timeout_s: float = 30.0,
+    pacs: str | None = None,
 ) -> Runtime:
     if simulate:
         controller = controller or SIM_URL
@@ -74,5 +75,10 @@ def build_runtime(
         geometry = sim_geometry(full_resolution)
     else:
         raise InputError("--station and --cage are needed with --detectors DIR")
+    node = None
+    if pacs:
+        from acquisition.service.pacs import PacsNode
+
+        node = PacsNode.parse(pacs)
     hw = StationHardware(controller, source)
-    return Runtime(data_dir, hw, Pipeline(geometry), frame_timeout_s=frame_timeout_s)
+    return Runtime(data_dir, hw, Pipeline(geometry), frame_timeout_s=frame_timeout_s, pacs=node)
