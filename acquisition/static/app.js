@@ -217,6 +217,8 @@ function renderExam(fillTechnique) {
   $("exam-state").dataset.state = e.state;
   const kept = e.attempts.filter((a) => a.status === "processed").length;
   $("exam-series").textContent = e.series_length > 1 ? `pair ${Math.min(kept + 1, e.series_length)} of ${e.series_length}` : "";
+  const p = e.pacs;
+  $("exam-pacs").textContent = !p ? "" : (p.status === "sent" ? `PACS: ${p.instances.length} images stored on ${p.node}` : `PACS: sending to ${p.node} failed (${p.error})`);
   const editable = e.actions.includes("set_technique");
   for (const t of ["A", "B"]) {
     for (const k of ["kv", "ma", "ms"]) {
