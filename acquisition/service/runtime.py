@@ -178,9 +178,9 @@ class Runtime:
                 raise WorkflowError("Arming refused: " + "; ".join(reasons) + ".")
             try:
                 self.hw.arm(exam["technique"])
-            except Exception as exc:  # the board said no: its reason, to the screen
+            except Exception as exc:  # the board (or a detector) said no: its reason, on screen
                 self.store.record(operator, "arm_refused", exam_id, {"reasons": [str(exc)]})
-                raise WorkflowError(f"Arming refused by the controller: {exc}") from None
+                raise WorkflowError(f"Arming refused: {str(exc).rstrip('.')}.") from None
             exam = self.store.step(
                 exam_id, "arm", operator, {"requested_technique": exam["technique"]}
             )
