@@ -28,10 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial import cKDTree
 
 from reconstruction.calibrate import N_PARAMS, PoseModel, casts_shadow, inside_image
+from reconstruction.lightweight import linear_sum_assignment, neighbours_within
 
 _BIG = 1e9
 
@@ -99,22 +98,13 @@ def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
     return k * np.sqrt(lmax) + floor
 
 
-def _pairs(tree, det_n, pred, gate, active, k_max=8):
-    """(marker, blob) pairs with the blob within the marker's gate, vectorised.
-
-    Up to ``k_max`` nearest blobs per marker are considered, which is plenty:
-    more than that within one gate means the gate is not selective anyway.
-    """
+def _pairs(tree, det_n, pred, gate, active):
+    """(marker, blob) pairs with the blob within the marker's gate (``tree`` is the blobs)."""
     act = np.flatnonzero(active & np.all(np.isfinite(pred), axis=1))
-    if len(act) == 0 or tree is None:
+    if len(act) == 0 or det_n == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    k = min(k_max, det_n)
-    dist, idx = tree.query(pred[act], k=k, distance_upper_bound=float(gate[act].max()))
-    dist = dist.reshape(len(act), k)
-    idx = idx.reshape(len(act), k)
-    ok = dist <= gate[act][:, None]
-    rows = np.broadcast_to(act[:, None], ok.shape)[ok]
-    return rows, idx[ok]
+    qi, pi, _ = neighbours_within(pred[act], tree, gate[act])
+    return act[qi], pi
 
 
 def _assign(pred, gate, active, tree, det_rc, radius_ok):
@@ -181,7 +171,7 @@ def identify(
     empty = Identification(np.zeros(N_PARAMS), np.zeros(0, int), np.zeros(0, int), lin.p0)
     if len(det_rc) == 0 or not cand.any():
         return empty
-    tree = cKDTree(det_rc)
+    tree = det_rc  # neighbour queries are brute force: a few hundred points
     radius_ok = None
     if det_radius is not None and marker_radius is not None:
 
@@ -251,7 +241,7 @@ def _solve(ctx, first_choice: int):
         if len(pm) < 3:
             break
         off = det_rc[pd] - pred[pm]
-        counts = cKDTree(off).query_ball_point(off, bandwidth, return_length=True)
+        _, counts = np.unique(neighbours_within(off, off, bandwidth)[0], return_counts=True)
         # expected count from pairs scattered at random over the search discs
         area = np.pi * np.mean(gate[todo] ** 2)
         background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from reconstruction.geometry import Detector, Tolerance, ViewGeometry
 
@@ -47,11 +46,11 @@ class PoseModel:
     def view(self, theta: np.ndarray) -> ViewGeometry:
         """The view geometry for physical parameters ``theta``."""
         det0 = self.nominal.detector
-        rot = Rotation.from_rotvec(theta[3:6])
+        rot = _rodrigues(np.asarray(theta[3:6], float))
         centre0 = det0.center_mm
-        rc = rot.apply(det0.row_cosines)
-        cc = rot.apply(det0.column_cosines)
-        origin = centre0 + theta[6:9] + rot.apply(det0.origin_mm - centre0)
+        rc = rot @ det0.row_cosines
+        cc = rot @ det0.column_cosines
+        origin = centre0 + theta[6:9] + rot @ (det0.origin_mm - centre0)
         det = Detector(origin, rc, cc, det0.pixel_spacing_mm, det0.rows, det0.columns)
         return ViewGeometry(self.nominal.focus_mm + theta[0:3], det)
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy.special import erfc
 
 from reconstruction.image import RawImage
+from reconstruction.lightweight import erfc, pairs_within
 
 _SQRT2 = np.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -450,10 +450,7 @@ def fit_markers(
     fp = (dr[0] ** 2 + dc[0] ** 2) <= rwin**2
     win, dr, dc, weight = win[:, fp], dr[:, fp], dc[:, fp], weight[:, fp]
     if n > 1:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(candidates)
-        pairs = tree.query_pairs(2 * rwin + 1, output_type="ndarray")
+        pairs = pairs_within(candidates, 2 * rwin + 1)
         if len(pairs):
             for a, b in ((pairs[:, 0], pairs[:, 1]), (pairs[:, 1], pairs[:, 0])):
                 # pixels of window a nearer to candidate b than to a's own centre
@@ -690,10 +687,8 @@ def _select(
     # duplicates: two candidates converged on one marker; keep the better fit
     idx = np.flatnonzero(ok)
     if len(idx) > 1:
-        from scipy.spatial import cKDTree
-
         pts = params[idx, :2]
-        pairs = cKDTree(pts).query_pairs(max(1.0, 0.5 * scale.r_min), output_type="ndarray")
+        pairs = pairs_within(pts, max(1.0, 0.5 * scale.r_min))
         drop = set()
         for i, j in pairs:
             ii, jj = idx[i], idx[j]

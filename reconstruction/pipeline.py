@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial import cKDTree
 
 from reconstruction.cage_id import Identification, identify
 from reconstruction.calibrate import Calibration, PoseModel, calibrate, casts_shadow, inside_image
@@ -22,6 +20,7 @@ from reconstruction.detect import Detections, MarkerScale, detect_markers, full_
 from reconstruction.errors import InputError
 from reconstruction.geometry import VIEW_NAMES, Cage, Station, ViewGeometry
 from reconstruction.image import RawImage
+from reconstruction.lightweight import linear_sum_assignment, neighbours_within
 from reconstruction.qc import DEFAULT_LIMITS, QCCheck, QCLimits, at_least, at_most, verdict
 from reconstruction.stereo import Matching, match
 from reconstruction.triangulate import midpoint
@@ -178,15 +177,10 @@ def _final_assignment(pred, det: Detections, cand, gate):
     idx = np.flatnonzero(cand)
     if len(idx) == 0 or len(det) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    tree = cKDTree(det.rc)
-    lists = tree.query_ball_point(pred[idx], gate)
-    rows, cols, cost = [], [], []
-    for i, ks in zip(idx, lists, strict=True):
-        for k in ks:
-            rows.append(i)
-            cols.append(k)
-            cost.append(np.sum((pred[i] - det.rc[k]) ** 2))
-    if not rows:
+    qi, cols, dist = neighbours_within(pred[idx], det.rc, gate)
+    rows = idx[qi]
+    cost = dist**2
+    if len(rows) == 0:
         return np.zeros(0, int), np.zeros(0, int)
     um, ri = np.unique(rows, return_inverse=True)
     ud, ci = np.unique(cols, return_inverse=True)

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from reconstruction.geometry import ViewGeometry
+from reconstruction.lightweight import components
 from reconstruction.triangulate import closest_points
 
 
@@ -92,8 +91,7 @@ def _resolve(edges: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]
     ia, ib = np.nonzero(edges)
     if len(ia) == 0:
         return np.zeros((0, 2), int), []
-    adj = coo_matrix((np.ones(len(ia)), (ia, n_a + ib)), shape=(n_a + n_b, n_a + n_b))
-    _, label = connected_components(adj, directed=False)
+    label = components(n_a + n_b, ia, n_a + ib)
     deg_a = edges.sum(1)
     deg_b = edges.sum(0)
     pairs, amb = [], []
