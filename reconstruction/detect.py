@@ -31,6 +31,7 @@ when its radius or blur is implausible for a marker of the expected size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -558,7 +559,7 @@ def fit_markers(
     return params, cov_diag, chi, noise, inside_ok, rms_in
 
 
-def noise_correlation(display: np.ndarray, step: int = 4) -> float:
+def noise_correlation(display: np.ndarray, step: int = 32) -> float:
     """Width b (px) of the noise's Gaussian autocorrelation ``exp(-d^2 / (4 b^2))``.
 
     Detector blur after the quantum noise (scintillator light spread) correlates
@@ -581,6 +582,18 @@ def noise_correlation(display: np.ndarray, step: int = 4) -> float:
     return float(np.interp(min(q, qs[-1]), qs, bs))
 
 
+@lru_cache(maxsize=8)
+def _correlation_inverse(b: float, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Footprint offsets and the inverse of its noise correlation matrix (a constant)."""
+    off = np.arange(-half, half + 1, dtype=float)
+    dr, dc = np.meshgrid(off, off, indexing="ij")
+    fp = (dr**2 + dc**2) <= half**2
+    dr, dc = dr[fp], dc[fp]
+    dist2 = (dr[:, None] - dr[None, :]) ** 2 + (dc[:, None] - dc[None, :]) ** 2
+    corr = np.exp(-dist2 / (4 * b * b)) + 1e-3 * np.eye(len(dr))
+    return dr, dc, np.linalg.inv(corr)
+
+
 def correlated_sigma(det: Detections, b: float, half: int) -> np.ndarray:
     """Cramér-Rao bound (px, per axis) of each centre under correlated noise.
 
@@ -592,14 +605,9 @@ def correlated_sigma(det: Detections, b: float, half: int) -> np.ndarray:
     """
     if b <= 0 or len(det) == 0:
         return det.sigma_px
-    off = np.arange(-half, half + 1, dtype=float)
-    dr, dc = np.meshgrid(off, off, indexing="ij")
-    fp = (dr**2 + dc**2) <= half**2
-    dr, dc = dr[fp], dc[fp]
-    dist2 = (dr[:, None] - dr[None, :]) ** 2 + (dc[:, None] - dc[None, :]) ** 2
-    corr = np.exp(-dist2 / (4 * b * b)) + 1e-3 * np.eye(len(dr))
+    b = round(float(b), 3)
+    dr, dc, cinv = _correlation_inverse(b, half)
     rho1 = np.exp(-1 / (4 * b * b))
-    cinv = np.linalg.inv(corr)
     p = np.zeros((len(det), 8))
     p[:, 2], p[:, 3], p[:, 4] = det.radius_px, det.blur_px, det.contrast
     _, jac = _model(np.tile(dr, (len(det), 1)), np.tile(dc, (len(det), 1)), p)
@@ -646,7 +654,7 @@ def detect_markers(
     det = _select(*fit, display.shape, scale, min_snr, max_chi)
     b = noise_correlation(display)
     if b > 0.45:  # neighbours correlated by more than ~0.3: white noise no longer describes it
-        det.sigma_px = correlated_sigma(det, b, int(np.ceil(scale.r_max + 3)))
+        det.sigma_px = correlated_sigma(det, b, int(np.ceil(scale.r_max + 2)))
     return det
 
 
