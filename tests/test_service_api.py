@@ -362,3 +362,15 @@ def test_simulator_controls_drive_the_refusal(station):
     st = c.post("/api/simulator", json={"interlock": "door", "closed": False}).json()
     assert st["interlocks"]["door"] is False
     assert "door is open" in c.post(f"/api/exams/{eid}/arm").json()["detail"]
+
+
+def test_link_lost_while_armed_returns_to_ready(station):
+    c, rt, hw, _ = station
+    eid = register(c)["id"]
+    c.put(f"/api/exams/{eid}/technique", json=TECH)
+    c.post(f"/api/exams/{eid}/arm")
+    hw.emit("link_lost", reason="the link to the sync controller was lost (timeout)")
+    e = wait_state(c, eid, {"ready"})
+    assert e["attempts"] == []
+    kinds = [x.action for x in rt.store.audit_entries(eid)]
+    assert "link_lost" in kinds and kinds[-1] == "exposure_aborted"

@@ -390,3 +390,7 @@ class StationHardware(Hardware):
         elif isinstance(ev, ConnectionChanged):
             st = self.cache.update(controller={"connected": ev.connected, "error": ev.reason})
             self._emit_status(st)
+            if not ev.connected:  # the board disarms when our heartbeat stops
+                self.emit(
+                    "link_lost", reason=f"the link to the sync controller was lost ({ev.reason})"
+                )

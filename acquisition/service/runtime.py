@@ -294,7 +294,7 @@ class Runtime:
                 return
             act = self.store.active_exam()
             eid = act["id"] if act else None
-            if kind in ("fault", "interlock", "hand_switch"):
+            if kind in ("fault", "interlock", "hand_switch", "link_lost"):
                 self.store.record(SYSTEM, kind, eid, data)
                 self.bus.publish(kind, exam_id=eid, **data)
             if act is None:
@@ -305,7 +305,7 @@ class Runtime:
             elif kind == "exposure_report" and act["state"] in (State.ARMED, State.EXPOSING):
                 self._on_report(act, data)
             elif (kind == "aborted" and act["state"] in (State.ARMED, State.EXPOSING)) or (
-                kind == "fault" and act["state"] == State.ARMED
+                kind in ("fault", "link_lost") and act["state"] == State.ARMED
             ):
                 rep = data.get("report")
                 attempt = None
