@@ -148,13 +148,15 @@ def match(
     sig = np.sqrt(sigma_a[:, None] ** 2 + sigma_b[None, :] ** 2 + calibration_px**2)
     gate = k_sigma * sig
     phys = _physical(view_a, rc_a, view_b, rc_b)
-    if compatible is not None:
-        phys &= compatible
+    # size agreement is required of the pairs that vote for a motion (many
+    # chance pairs there) but not of the tight epipolar matches, where a faint
+    # bead's fitted radius can be off (radius and blur trade off at low SNR)
+    sized = phys if compatible is None else phys & compatible
     edges = (sym <= gate) & phys
     pairs, amb = _resolve(edges)
 
     # motion between the exposures: a common signed shift across the epipolar lines
-    near = phys & (np.abs(d_b) <= max_shift_px)
+    near = sized & (np.abs(d_b) <= max_shift_px)
     vals = np.sort(d_b[near])
     if len(vals) >= 3:
         g = float(np.median(gate))
@@ -171,7 +173,7 @@ def match(
         significant = counts[best] >= chance + 3 * np.sqrt(chance) + 2
         if significant and counts[best] >= 1.5 * len(pairs) + 1 and abs(shift) > 2 * g:
             w = 1.5 * gate + 0.04 * abs(shift)
-            moved = (np.abs(d_b - shift) <= w) & phys
+            moved = (np.abs(d_b - shift) <= w) & sized
             m_pairs, m_amb = _resolve(moved)
             if len(m_pairs) > len(pairs):
                 return Matching(m_pairs, m_amb, shift, w)
