@@ -229,3 +229,36 @@ def test_result_errors_name_the_problem(data, fragment):
     with pytest.raises(InputError) as exc:
         ExamMarkers.from_dict(data)
     assert fragment in str(exc.value)
+
+
+def test_random_cases_with_missing_stray_and_loose_beads():
+    """Seeded batch: every segment with >= 3 consistent beads labelled right, loose bead out."""
+    for seed in range(40):
+        rng, bone, implant, rot, shift, extra = _case(7000 + seed, strays=8)
+        allpts = np.vstack([bone, implant])
+        moved = allpts.copy()
+        loose = int(rng.integers(0, 14))
+        v = rng.normal(size=3)
+        moved[loose] += rng.uniform(0.7, 1.8) * v / np.linalg.norm(v)
+        ref_keep = [i for i in range(14) if rng.random() > 0.1]
+        fu_keep = [i for i in range(14) if rng.random() > 0.1]
+        ref, ro = _exam(rng, np.vstack([allpts[ref_keep], extra[:4]]))
+        fu, fo = _exam(rng, np.vstack([rot.apply(moved[fu_keep]) + shift, extra[4:]]))
+        definition = _definition(rng, bone, implant)
+        labels = label_followup(definition, ref, label_reference(definition, ref), fu)
+        for name, lo, k in (("bone", 0, 8), ("implant", 8, 6)):
+            pos_r = {o: i for i, o in enumerate(ref_keep)}
+            pos_f = {o: i for i, o in enumerate(fu_keep)}
+            inv_r = {int(o): i for i, o in enumerate(ro)}
+            inv_f = {int(o): i for i, o in enumerate(fo)}
+            want_r = np.array([inv_r[pos_r[lo + j]] if lo + j in pos_r else -1 for j in range(k)])
+            want_f = np.array([inv_f[pos_f[lo + j]] if lo + j in pos_f else -1 for j in range(k)])
+            want = (want_r >= 0) & (want_f >= 0)
+            if lo <= loose < lo + k:
+                want[loose - lo] = False
+            if want.sum() < 3:
+                continue
+            lab = labels[name]
+            assert np.array_equal(lab.consistent, want), (seed, name)
+            assert np.array_equal(lab.ref_index[want], want_r[want]), (seed, name)
+            assert np.array_equal(lab.fu_index[want], want_f[want]), (seed, name)
