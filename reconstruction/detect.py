@@ -447,7 +447,7 @@ def fit_markers(
     noise = _window_noise(win.reshape(n, 2 * h + 1, 2 * h + 1))
     rad0 = np.full(n, 0.5 * (scale.r_min + scale.r_max)) if radius_guess is None else radius_guess
     # circular footprint: the largest disc, its blur and a background ring
-    rwin = min(scale.r_max + 4.0, float(h))
+    rwin = min(scale.r_max + 3.0, float(h))
     fp = (dr[0] ** 2 + dc[0] ** 2) <= rwin**2
     win, dr, dc, weight = win[:, fp], dr[:, fp], dc[:, fp], weight[:, fp]
     if n > 1:

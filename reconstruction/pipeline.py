@@ -32,6 +32,8 @@ BEAD_DIAMETERS_MM = (0.5, 1.0)
 EXPECTED_MARGIN_PX = 10.0
 #: Smallest matched-filter signal-to-noise ratio of a patient bead.
 MIN_BEAD_SNR = 12.0
+#: Largest ratio of a bead's signal-to-noise ratios in the two views.
+MAX_SNR_RATIO = 8.0
 #: Largest centre uncertainty (Cramér-Rao bound, at the detector) of a reported bead.
 MAX_BEAD_SIGMA_MM = 0.04
 #: Fewest identified cage markers to calibrate a view (DLT needs 6).
@@ -85,6 +87,11 @@ def marker_scale(view: ViewGeometry, cage: Cage, include_beads: bool = True) -> 
         hi = max(hi, 0.5 * BEAD_DIAMETERS_MM[1] * mag.max() / sp)
     # a little room for the geometry on the day and the fit's blur trade-off
     return MarkerScale(max(0.8 * lo, 0.8), 1.2 * hi)
+
+
+def _snr(det: Detections) -> np.ndarray:
+    """Matched-filter signal-to-noise ratio of each detected disc."""
+    return det.relative_contrast * np.sqrt(np.pi) * np.maximum(det.radius_px, det.blur_px)
 
 
 def check_image(station: Station, view: str, image: RawImage) -> None:
@@ -265,8 +272,7 @@ def analyse_view(
     # With hundreds of blobs of bone texture and noise in an image, a patient
     # bead must stand out more than a cage marker, whose position the
     # identification already predicts: a stricter matched-filter SNR.
-    snr = det.relative_contrast * np.sqrt(np.pi) * np.maximum(det.radius_px, det.blur_px)
-    keep &= snr >= MIN_BEAD_SNR
+    keep &= _snr(det) >= MIN_BEAD_SNR
     # a bead whose centre is this uncertain would be placed tens of µm off in
     # 3D and widens the epipolar gate enough to pair with texture: not reported
     sp = float(np.mean(geometry.detector.pixel_spacing_mm))
@@ -338,6 +344,13 @@ def reconstruct(
         sized = (d_a >= lo) & (d_a <= hi) & (d_b >= lo) & (d_b <= hi)
         same = (np.abs(d_a - d_b) <= 0.3 * np.maximum(d_a, d_b) + 0.05) & sized
         same = same.reshape(len(ia), len(ib))
+        # one opaque sphere is a strong shadow in both views or in neither: a
+        # crisp bead in one view does not pair with a barely significant blob
+        # (its true shadow hidden by metal) in the other
+        snr_a = _snr(da)[ia]
+        snr_b = _snr(db)[ib]
+        ratio = np.maximum(snr_a[:, None] / snr_b[None, :], snr_b[None, :] / snr_a[:, None])
+        allowed = ratio <= MAX_SNR_RATIO
         matching = match(
             va.geometry,
             da.rc[ia],
@@ -347,6 +360,7 @@ def reconstruct(
             db.sigma_px[ib],
             calibration_px=cal_px,
             compatible=same,
+            allowed=allowed,
         )
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]

@@ -119,6 +119,7 @@ def match(
     k_sigma: float = 3.0,
     max_shift_px: float = 30.0,
     compatible: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> Matching:
     """Match beads between views.
 
@@ -137,7 +138,10 @@ def match(
     max_shift_px : float
         Largest patient motion across the epipolar lines that is looked for.
     compatible : ndarray (nA, nB) bool, optional
-        Pairs that could be one bead on other grounds (e.g. the same diameter).
+        Pairs that could be one bead on other grounds (e.g. the same diameter),
+        required of the pairs voting for a motion.
+    allowed : ndarray (nA, nB) bool, optional
+        Pairs that may be matched at all.
     """
     n_a, n_b = len(rc_a), len(rc_b)
     if n_a == 0 or n_b == 0:
@@ -148,6 +152,8 @@ def match(
     sig = np.sqrt(sigma_a[:, None] ** 2 + sigma_b[None, :] ** 2 + calibration_px**2)
     gate = k_sigma * sig
     phys = _physical(view_a, rc_a, view_b, rc_b)
+    if allowed is not None:
+        phys &= allowed
     # size agreement is required of the pairs that vote for a motion (many
     # chance pairs there) but not of the tight epipolar matches, where a faint
     # bead's fitted radius can be off (radius and blur trade off at low SNR)
