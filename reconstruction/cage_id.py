@@ -99,7 +99,11 @@ def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
 
 
 def _pairs(tree, det_n, pred, gate, active):
-    """(marker, blob) pairs with the blob within the marker's gate (``tree`` is the blobs)."""
+    """(marker, blob) pairs with the blob within the marker's gate.
+
+    ``tree`` holds the blob centres (n, 2); the name stays from a k-d tree,
+    which a few hundred points do not need.
+    """
     act = np.flatnonzero(active & np.all(np.isfinite(pred), axis=1))
     if len(act) == 0 or det_n == 0:
         return np.zeros(0, int), np.zeros(0, int)

@@ -618,7 +618,7 @@ def correlated_sigma(det: Detections, b: float, half: int) -> np.ndarray:
 
 
 def detect_markers(
-    image: RawImage | np.ndarray,
+    image: RawImage,
     scale: MarkerScale,
     *,
     display: np.ndarray | None = None,
