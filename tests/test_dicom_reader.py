@@ -113,3 +113,17 @@ def test_image_must_match_the_station_detector(tmp_path):
     ds, _ = make_ds(spacing=None)
     with pytest.raises(InputError, match="ImagerPixelSpacing missing"):
         check_against_detector(read_dicom(save(ds, tmp_path / "nosp.dcm")), DET, "A")
+
+
+def test_jpeg_lossless_is_decoded_through_the_plugins():
+    """No JPEG Lossless encoder here: pydicom's own sample (RGB) proves the decoder path."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg_gdcm.dcm")
+    if path is None:
+        pytest.skip("pydicom's sample files are not installed")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    assert ds.pixel_array.shape[-1] == 3  # decoded
+    with pytest.raises(InputError, match="greyscale"):
+        read_dicom(path)
