@@ -149,3 +149,19 @@ def test_motion_algebra():
     np.testing.assert_allclose(a.compose(b).apply(x), a.apply(b.apply(x)), atol=1e-9)
     np.testing.assert_allclose(a.inverse().apply(a.apply(x)), x, atol=1e-9)
     np.testing.assert_allclose(a.matrix()[:3, :3], a.R)
+
+
+def test_condition_number_is_the_rotation_error_amplification():
+    """SD of the fitted rotation about the worst axis = noise SD x CN / 1000 (radians)."""
+    rng = np.random.default_rng(12)
+    p = rng.normal(0, 1, (6, 3)) * np.array([20.0, 8.0, 5.0])
+    s = 0.01  # mm
+    n = 4000
+    src = np.broadcast_to(p, (n, 6, 3))
+    R, _ = fit_rigid_batch(src, src + rng.normal(0, s, (n, 6, 3)))
+    c = p - p.mean(axis=0)
+    w, v = np.linalg.eigh(c.T @ c)
+    worst_axis = v[:, np.argmax(w)]
+    angle = Rotation.from_matrix(R).as_rotvec() @ worst_axis
+    predicted = s * condition_number(p) / 1000.0
+    assert np.std(angle) == pytest.approx(predicted, rel=0.05)
