@@ -1,0 +1,761 @@
+"""Independent conformance audit of the ``rsa-station`` command line (CONTRACT.md).
+
+Every contract command is run as a subprocess, as an outside tool would run it,
+on one simulated patient series (reference, double examination, follow-up) and
+its outputs are checked strictly against the contract (``contract_schema``) and
+against the simulator's ground truth where a fact can be recomputed
+independently: the distance between the two projection lines, the cage markers
+expected under the 10 px rule, the patient markers' positions, the migration.
+Then the unusable-input matrix (exit 2, one stderr line naming the file, no
+traceback) and "outside" images: the same exam re-encoded the ways other
+vendors write DICOM must give the same markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import contract_schema as cs  # tests/ is on sys.path (rootdir-relative import)
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+SEED = 3
+REGION = "lower"
+
+
+def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RSA_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "acquisition.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def ok(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr
+
+
+def load(p: Path):
+    return json.loads(Path(p).read_text())
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("series")
+    ok(cli("simulate", "--region", REGION, "--seed", SEED, "--series", 1, "--out", out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exam(series) -> Path:
+    """The reference examination: station.json cage.json A.dcm B.dcm truth.json."""
+    return series / "reference"
+
+
+def reconstruct(d: Path, a: Path | None = None, b: Path | None = None, out: Path | None = None):
+    out = out or d / "result.json"
+    r = cli(
+        "reconstruct",
+        "--station",
+        d / "station.json",
+        "--cage",
+        d / "cage.json",
+        a or d / "A.dcm",
+        b or d / "B.dcm",
+        "-o",
+        out,
+    )
+    return r, out
+
+
+@pytest.fixture(scope="module")
+def results(series) -> dict[str, dict]:
+    got = {}
+    for label in ("reference", "followup-1"):
+        r, out = reconstruct(series / label)
+        ok(r)
+        got[label] = load(out)
+    return got
+
+
+@pytest.fixture(scope="module")
+def result(results) -> dict:
+    return results["reference"]
+
+
+# ------------------------------------------------------------------- simulate
+
+
+def test_simulate_writes_the_five_contract_files(exam):
+    for name in ("station.json", "cage.json", "A.dcm", "B.dcm", "truth.json"):
+        assert (exam / name).is_file(), name
+    station = load(exam / "station.json")
+    cs.check_station_file(station)
+    cs.check_cage_file(load(exam / "cage.json"))
+    assert isinstance(load(exam / "truth.json"), dict)
+    for v in "AB":
+        ds = pydicom.dcmread(exam / f"{v}.dcm")
+        det = station["views"][v]["detector"]
+        assert ds.Modality in ("DX", "CR")
+        assert (ds.Rows, ds.Columns) == (det["rows"], det["columns"])
+        assert [float(x) for x in ds.ImagerPixelSpacing] == pytest.approx(
+            det["pixel_spacing_mm"], rel=0.01
+        )
+        assert ds.PhotometricInterpretation in ("MONOCHROME1", "MONOCHROME2")
+        assert 8 <= int(ds.BitsStored) <= 16
+
+
+# ---------------------------------------------------------------- reconstruct
+
+
+def test_reconstruct_result_follows_the_contract(exam, result):
+    station = load(exam / "station.json")
+    by = cs.check_reconstruction(result, station)
+    # a clean simulated exam calibrates both views
+    for v in "AB":
+        assert result["views"][v]["focus_mm"] is not None
+        assert by[("calibration_residual", v)]["passed"]
+
+
+def test_reconstruct_focus_and_markers_agree_with_ground_truth(exam, result):
+    truth = load(exam / "truth.json")
+    cage = np.array([m["xyz_mm"] for m in load(exam / "cage.json")["markers"]])
+    beads = {b["id"]: b for b in truth["beads"]}
+    bead_xyz = np.array([b["xyz_mm"] for b in truth["beads"]])
+    for v in "AB":
+        err = np.linalg.norm(
+            np.subtract(result["views"][v]["focus_mm"], truth["views"][v]["focus_mm"])
+        )
+        assert err < 2.0, f"view {v}: calibrated focus {err:.2f} mm from the truth"
+    assert result["markers"], "no patient marker on a clean exam"
+    for m in result["markers"]:
+        x = np.asarray(m["xyz_mm"])
+        # never a cage marker
+        assert np.min(np.linalg.norm(cage - x, axis=1)) > 2.0, f"{m['id']} is a cage marker"
+        k = int(np.argmin(np.linalg.norm(bead_xyz - x, axis=1)))
+        b = beads[truth["beads"][k]["id"]]
+        assert np.linalg.norm(bead_xyz[k] - x) < 0.1, (m["id"], b["id"])
+        for v in "AB":
+            d = np.linalg.norm(np.subtract(m["image_px"][v], b["image_px"][v]))
+            assert d < 0.5, f"{m['id']} image_px {v} {d:.2f} px from {b['id']}'s true centre"
+
+
+def test_crossing_mm_is_the_distance_between_the_projection_lines(exam, result):
+    """Recomputed from the reported focus, image_px and the detector on the day (truth)."""
+    truth = load(exam / "truth.json")
+    for m in result["markers"]:
+        lines = []
+        for v in "AB":
+            f = np.asarray(result["views"][v]["focus_mm"])
+            p = cs.pixel_to_world(truth["views"][v]["detector"], m["image_px"][v])
+            lines.append((f, p - f))
+        d = cs.line_distance(*lines[0], *lines[1])
+        assert m["crossing_mm"] == pytest.approx(d, abs=0.005), m["id"]
+        # the reported point lies between the two lines
+        for f, direction in lines:
+            assert cs.point_line_distance(m["xyz_mm"], f, direction) <= d + 0.005
+
+
+def test_cage_markers_expected_follow_the_10px_rule(exam, result):
+    truth = load(exam / "truth.json")
+    cage = [m["xyz_mm"] for m in load(exam / "cage.json")["markers"]]
+    for v in "AB":
+        n = cs.inside_count(truth["views"][v], cage, 10.0)
+        assert abs(result["views"][v]["cage_markers_expected"] - n) <= 2, (v, n)
+
+
+def test_views_swapped_is_a_result_not_unusable_input(exam, tmp_path):
+    r, out = reconstruct(exam, exam / "B.dcm", exam / "A.dcm", tmp_path / "swapped.json")
+    ok(r)
+    d = load(out)
+    cs.check_reconstruction(d, load(exam / "station.json"))
+    assert d["qc"]["verdict"] == "retake"
+
+
+# ----------------------------------------------------------------- cage-check
+
+
+@pytest.mark.parametrize("view", ["A", "B"])
+def test_cage_check_follows_the_contract(exam, result, tmp_path, view):
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    ok(
+        cli(
+            "cage-check",
+            "--station",
+            exam / "station.json",
+            "--cage",
+            exam / "cage.json",
+            "--view",
+            view,
+            exam / f"{view}.dcm",
+            "-o",
+            out,
+            "--overlay",
+            png,
+        )
+    )
+    d = load(out)
+    ids = {m["id"] for m in load(exam / "cage.json")["markers"]}
+    cs.check_cage_check(d, view, ids)
+    truth = load(exam / "truth.json")
+    cage = [m["xyz_mm"] for m in load(exam / "cage.json")["markers"]]
+    n = cs.inside_count(truth["views"][view], cage, 10.0)
+    assert abs(d["cage_markers_expected"] - n) <= 2, (d["cage_markers_expected"], n)
+    assert d["passed"], d["message"]
+    # a real PNG with the image's shape (the overlay may be reduced by a whole factor)
+    import cv2
+
+    raw = png.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None and img.ndim in (2, 3)
+    det = load(exam / "station.json")["views"][view]["detector"]
+    k = det["rows"] / img.shape[0]
+    assert k >= 1 and k == int(k) and det["columns"] / img.shape[1] == k, img.shape
+
+
+def test_cage_check_repeat_writes_the_last_run(exam, tmp_path):
+    outs = {}
+    for n in (1, 3):
+        outs[n] = tmp_path / f"r{n}.json"
+        ok(
+            cli(
+                "cage-check",
+                "--station",
+                exam / "station.json",
+                "--cage",
+                exam / "cage.json",
+                "--view",
+                "A",
+                exam / "A.dcm",
+                "-o",
+                outs[n],
+                "--repeat",
+                n,
+            )
+        )
+    one, three = load(outs[1]), load(outs[3])
+    cs.check_cage_check(three, "A", {m["id"] for m in load(exam / "cage.json")["markers"]})
+    # the check is deterministic, so the last of three runs is the one-run result
+    assert {k: three[k] for k in one} == one
+
+
+# -------------------------------------------------------- migrate / precision
+
+
+def _definition(series: Path) -> dict:
+    return load(series / "segments.json")
+
+
+def test_migrate_on_the_simulated_series(series, results, tmp_path):
+    for label, r in results.items():
+        assert r["qc"]["verdict"] == "pass", (label, r["qc"])
+    out = tmp_path / "m.json"
+    ok(
+        cli(
+            "migrate",
+            "--segments",
+            series / "segments.json",
+            series / "reference" / "result.json",
+            series / "followup-1" / "result.json",
+            "-o",
+            out,
+        )
+    )
+    d = load(out)
+    definition = _definition(series)
+    cs.check_migration(d, definition)
+    assert d["motion"] is not None
+    truth = next(
+        e["migration"]
+        for e in load(series / "series.json")["examinations"]
+        if e["label"] == "followup-1"
+    )
+    m = d["motion"]
+    assert m["translation_mm"] == pytest.approx(truth["translation_mm"], abs=0.05)
+    assert m["rotation_deg"] == pytest.approx(truth["rotation_deg"], abs=0.1)
+    assert m["mtpm_mm"] == pytest.approx(truth["mtpm_mm"], abs=0.05)
+
+
+def _rot(deg_xyz) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_euler("xyz", deg_xyz, degrees=True).as_matrix()
+
+
+def _synthetic(series: Path, tmp_path: Path, drop_moving: int = 0):
+    """Reference and follow-up results made from the segment file itself, with a known
+    patient repositioning and a known implant motion (no rendering, exact answers)."""
+    definition = _definition(series)
+    ref_name, mov_name = definition["reference_segment"], definition["moving_segment"]
+    ref = np.array(definition["segments"][ref_name], float)
+    mov = np.array(definition["segments"][mov_name], float)
+    r_imp, t_imp = _rot([0.4, -0.3, 0.8]), np.array([0.3, -0.2, 0.5])
+    r_pat, t_pat = _rot([2.0, -1.0, 3.0]), np.array([5.0, -3.0, 2.0])
+    mov_f = mov @ r_imp.T + t_imp
+    follow = np.vstack([ref, mov_f[: len(mov_f) - drop_moving]]) @ r_pat.T + t_pat
+
+    def result(xyz):
+        return {
+            "views": {},
+            "markers": [
+                {"id": f"M{i + 1}", "xyz_mm": list(map(float, p)), "crossing_mm": 0.01}
+                for i, p in enumerate(xyz)
+            ],
+            "ambiguous": [],
+            "qc": {"verdict": "pass", "checks": []},
+        }
+
+    a, b = tmp_path / "ref.json", tmp_path / "fu.json"
+    a.write_text(json.dumps(result(np.vstack([ref, mov]))))
+    b.write_text(json.dumps(result(follow)))
+    return definition, a, b, (ref, mov, r_imp, t_imp)
+
+
+def test_migrate_reports_the_contract_motion_exactly(series, tmp_path):
+    definition, a, b, (ref, mov, r_imp, t_imp) = _synthetic(series, tmp_path)
+    out = tmp_path / "m.json"
+    ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", out))
+    d = load(out)
+    cs.check_migration(d, definition)
+    assert d["qc"]["verdict"] == "pass"
+    m = d["motion"]
+    c = mov.mean(axis=0)
+    from scipy.spatial.transform import Rotation
+
+    assert m["rotation_deg"] == pytest.approx(
+        Rotation.from_matrix(r_imp).as_euler("xyz", degrees=True), abs=1e-4
+    )
+    assert m["translation_mm"] == pytest.approx(r_imp @ c + t_imp - c, abs=1e-4)
+    mtpm = np.max(np.linalg.norm(mov @ r_imp.T + t_imp - mov, axis=1))
+    assert m["mtpm_mm"] == pytest.approx(mtpm, abs=1e-4)
+    for name, pts in ((definition["reference_segment"], ref), (definition["moving_segment"], mov)):
+        s = d["segments"][name]
+        assert s["markers_matched"] == len(pts)
+        assert s["mean_error_mm"] == pytest.approx(0.0, abs=1e-4)
+        sv = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)
+        assert s["condition_number"] == pytest.approx(1000 / np.hypot(sv[1], sv[2]), rel=1e-6)
+
+
+def test_migrate_with_fewer_than_three_markers_is_a_retake_not_an_error(series, tmp_path):
+    definition = _definition(series)
+    n_mov = len(definition["segments"][definition["moving_segment"]])
+    definition, a, b, _ = _synthetic(series, tmp_path, drop_moving=n_mov - 2)
+    out = tmp_path / "m.json"
+    ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", out))
+    d = load(out)
+    by = cs.check_migration(d, definition)
+    assert d["motion"] is None and d["qc"]["verdict"] == "retake"
+    # two of the moving segment's markers are left: at most two can be matched
+    assert d["segments"][definition["moving_segment"]]["markers_matched"] <= 2
+    assert by[("segment_markers", None)]["value"] <= 2
+    assert by[("segment_markers", None)]["passed"] is False
+
+
+def test_precision_from_double_examinations(series, tmp_path):
+    migrations = []
+    for i, drop in enumerate((0, 0)):
+        sub = tmp_path / f"d{i}"
+        sub.mkdir()
+        _, a, b, _ = _synthetic(series, sub, drop_moving=drop)
+        # a double examination: the follow-up is the reference plus a little noise
+        rng = np.random.default_rng(i)
+        fu = load(a)
+        for m in fu["markers"]:
+            m["xyz_mm"] = list(np.add(m["xyz_mm"], rng.normal(0, 0.01, 3)))
+        b.write_text(json.dumps(fu))
+        out = sub / "m.json"
+        ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", out))
+        migrations.append(out)
+    out = tmp_path / "p.json"
+    ok(cli("precision", *migrations, "-o", out))
+    assert isinstance(load(out), dict)
+
+
+# ------------------------------------------------------------------------ exam
+
+
+def test_exam_simulate_writes_the_station_exam_result(tmp_path):
+    out = tmp_path / "exam"
+    ok(cli("exam", "--simulate", "--region", REGION, "--out", out, timeout=400))
+    d = load(out / "result.json")
+    station = {"views": {v: {"detector": _detector_of(out / f"{v}.dcm")} for v in "AB"}}
+    by = cs.check_reconstruction(d, station, cs.EXAM_QC)
+    skew = by[("tube_skew", None)]
+    assert skew["limit"] == 500
+    reported = [v for k, v in d.items() if "skew" in k and cs.is_num(v)]
+    reported += [v for k, v in (d.get("exposure") or {}).items() if "skew" in k and cs.is_num(v)]
+    assert reported, "the exposure report's measured skew is not in the result"
+    assert skew["value"] == pytest.approx(abs(reported[0]), abs=1e-3)
+
+
+def _detector_of(dcm: Path) -> dict:
+    ds = pydicom.dcmread(dcm, stop_before_pixels=True)
+    return {"rows": int(ds.Rows), "columns": int(ds.Columns)}
+
+
+# -------------------------------------------------------------- sim-controller
+
+
+def test_sim_controller_prints_the_pty_first_and_stops_cleanly():
+    from firmware_bridge.controller import SyncController
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "acquisition.cli", "sim-controller"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = p.stdout.readline().rstrip("\n")
+        assert first.startswith("/dev/pts/") and first[len("/dev/pts/") :].isdigit(), first
+        assert os.path.exists(first)
+        ctl = SyncController(first, command_timeout=10.0).open()
+        try:
+            assert ctl.hello(timeout=10.0) is not None
+        finally:
+            ctl.close()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0 and "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+# --------------------------------------------------------- unusable input
+
+
+def one_line_exit_2(r: subprocess.CompletedProcess, names: Path, out: Path | None = None) -> None:
+    assert r.returncode == 2, f"exit {r.returncode}, stderr: {r.stderr[-1500:]}"
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"{len(lines)} stderr lines: {r.stderr[-1500:]}"
+    assert str(names) in lines[0] or Path(names).name in lines[0], (
+        f"the message does not name {names}: {lines[0]}"
+    )
+    if out is not None:
+        assert not out.exists(), "a result was written for unusable input"
+
+
+@pytest.fixture(scope="module")
+def bad(exam, tmp_path_factory) -> dict[str, Path]:
+    """One file per kind of unusable input."""
+    d = tmp_path_factory.mktemp("bad")
+    f = {}
+    f["missing"] = d / "nothing-here.dcm"
+    f["directory"] = d / "a-folder.dcm"
+    f["directory"].mkdir()
+    f["text"] = d / "text.dcm"
+    f["text"].write_text("this is not an image\n")
+    f["json_as_dicom"] = d / "station-as-image.dcm"
+    shutil.copyfile(exam / "station.json", f["json_as_dicom"])
+    raw = (exam / "A.dcm").read_bytes()
+    f["truncated"] = d / "truncated.dcm"
+    f["truncated"].write_bytes(raw[: len(raw) * 2 // 3])
+    f["truncated_tail"] = d / "truncated-tail.dcm"
+    f["truncated_tail"].write_bytes(raw[:-1000])
+    ds = pydicom.dcmread(exam / "A.dcm")
+    arr = ds.pixel_array[:-4]
+    ds.Rows = arr.shape[0]
+    ds.PixelData = arr.tobytes()
+    f["wrong_size"] = d / "wrong-size.dcm"
+    ds.save_as(f["wrong_size"])
+    ds = pydicom.dcmread(exam / "A.dcm")
+    ds.ImagerPixelSpacing = [round(float(x) * 1.02, 6) for x in ds.ImagerPixelSpacing]
+    f["spacing"] = d / "spacing-2pct.dcm"
+    ds.save_as(f["spacing"])
+    f["bad_json"] = d / "broken.json"
+    f["bad_json"].write_text('{"name": "room-2", "views": {')
+    f["not_utf8"] = d / "binary.json"
+    f["not_utf8"].write_bytes(b"\xff\xfe\x00\x00garbage")
+    f["empty"] = d / "empty.json"
+    f["empty"].write_text("")
+    return f
+
+
+RECON_IMAGE_CASES = [
+    "missing",
+    "directory",
+    "text",
+    "json_as_dicom",
+    "truncated",
+    "truncated_tail",
+    "wrong_size",
+    "spacing",
+]
+JSON_CASES = ["missing", "directory", "bad_json", "not_utf8", "empty", "wrong_kind"]
+
+
+@pytest.mark.parametrize(
+    "which,case",
+    [("A", c) for c in RECON_IMAGE_CASES] + [("B", "missing"), ("B", "truncated_tail")],
+)
+def test_reconstruct_unusable_image(exam, bad, tmp_path, which, case):
+    a, b = exam / "A.dcm", exam / "B.dcm"
+    if which == "A":
+        a = bad[case]
+    else:
+        b = bad[case]
+    r, out = reconstruct(exam, a, b, tmp_path / "o.json")
+    one_line_exit_2(r, bad[case], out)
+
+
+def _json_case(bad: dict, case: str, wrong_kind: Path) -> Path:
+    return wrong_kind if case == "wrong_kind" else bad[case]
+
+
+@pytest.mark.parametrize("case", JSON_CASES)
+@pytest.mark.parametrize("which", ["station", "cage"])
+def test_reconstruct_unusable_json(exam, bad, tmp_path, case, which):
+    files = {"station": exam / "station.json", "cage": exam / "cage.json"}
+    # the wrong kind: each given as the other
+    wrong = exam / ("cage.json" if which == "station" else "station.json")
+    files[which] = _json_case(bad, case, wrong)
+    out = tmp_path / "o.json"
+    r = cli(
+        "reconstruct",
+        "--station",
+        files["station"],
+        "--cage",
+        files["cage"],
+        exam / "A.dcm",
+        exam / "B.dcm",
+        "-o",
+        out,
+    )
+    one_line_exit_2(r, files[which], out)
+
+
+def cage_check(exam, station=None, cage=None, image=None, out=None, view="A"):
+    return cli(
+        "cage-check",
+        "--station",
+        station or exam / "station.json",
+        "--cage",
+        cage or exam / "cage.json",
+        "--view",
+        view,
+        image or exam / f"{view}.dcm",
+        "-o",
+        out,
+    )
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "wrong_size", "spacing"])
+def test_cage_check_unusable_image(exam, bad, tmp_path, case):
+    out = tmp_path / "o.json"
+    one_line_exit_2(cage_check(exam, image=bad[case], out=out), bad[case], out)
+
+
+@pytest.mark.parametrize("case", ["missing", "bad_json", "wrong_kind"])
+@pytest.mark.parametrize("which", ["station", "cage"])
+def test_cage_check_unusable_json(exam, bad, tmp_path, case, which):
+    wrong = exam / ("cage.json" if which == "station" else "station.json")
+    f = _json_case(bad, case, wrong)
+    out = tmp_path / "o.json"
+    r = cage_check(exam, out=out, **{which: f})
+    one_line_exit_2(r, f, out)
+
+
+def test_cage_check_accepts_spacing_within_one_percent(exam, tmp_path):
+    ds = pydicom.dcmread(exam / "A.dcm")
+    ds.ImagerPixelSpacing = [round(float(x) * 1.005, 6) for x in ds.ImagerPixelSpacing]
+    img = tmp_path / "spacing-half-pct.dcm"
+    ds.save_as(img)
+    ok(cage_check(exam, image=img, out=tmp_path / "o.json"))
+
+
+@pytest.mark.parametrize(
+    "which,case",
+    [("segments", c) for c in JSON_CASES]
+    + [("reference", c) for c in ("missing", "bad_json")]
+    + [("followup", c) for c in ("directory",)],
+)
+def test_migrate_unusable_input(series, result, bad, tmp_path, which, case):
+    files = {
+        "segments": series / "segments.json",
+        "reference": series / "reference" / "result.json",
+        "followup": series / "reference" / "result.json",
+    }
+    # the wrong kind: a station file for the segments, a cage file for a result
+    wrong = series / "reference" / ("station.json" if which == "segments" else "cage.json")
+    files[which] = _json_case(bad, case, wrong)
+    out = tmp_path / "o.json"
+    r = cli(
+        "migrate",
+        "--segments",
+        files["segments"],
+        files["reference"],
+        files["followup"],
+        "-o",
+        out,
+    )
+    one_line_exit_2(r, files[which], out)
+
+
+@pytest.fixture(scope="module")
+def good_migration(series, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("good-migration")
+    good = d / "good.json"
+    _, a, b, _ = _synthetic(series, d)
+    ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", good))
+    return good
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "bad_json", "wrong_kind"])
+def test_precision_unusable_input(series, bad, good_migration, tmp_path, case):
+    good = good_migration
+    # the wrong kind: a reconstruction result given as a migration
+    f = _json_case(bad, case, series / "segments.json")
+    out = tmp_path / "o.json"
+    one_line_exit_2(cli("precision", good, f, "-o", out), f, out)
+
+
+# ---------------------------------------------------------------- outside images
+#
+# The same exam written the ways other sources write DICOM. Each variant encodes the
+# same modality values (or, for BitsStored 12, the same 12-bit values as a clean
+# 12-bit copy), so the reconstruction must give the same markers to within
+# floating-point noise: any larger difference means an attribute was not honoured.
+
+DCMCJPEG = shutil.which("dcmcjpeg")  # Debian dcmtk (Makefile DEB_PACKAGES)
+SLOW_ENCODERS = ("rle", "jpeg2000")
+
+
+def _write_variant(src: Path, dst: Path, kind: str) -> None:
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    ds = pydicom.dcmread(src)
+    px = ds.pixel_array.astype(np.int64)
+    bits = int(ds.BitsStored)
+    assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.PixelRepresentation == 0
+    if kind == "monochrome1":
+        # same display, stored inverted: displayed = 2^BitsStored - 1 - stored
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        new = (2**bits - 1) - px
+        if "PresentationLUTShape" in ds:
+            ds.PresentationLUTShape = "INVERSE"
+    elif kind == "rescale":
+        # stored values offset, the Modality LUT (rescale) undoes it exactly
+        new = px + 1000
+        ds.BitsStored, ds.HighBit = 16, 15
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "-1000", "US"
+    elif kind == "rescale_scaled":
+        # modality values = stored / 4 + 10: an affine change of the intensity scale
+        new = px
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "0.25", "10", "US"
+    elif kind in ("bits12", "bits12_junk"):
+        new = px >> (bits - 12)
+        ds.BitsStored, ds.HighBit = 12, 11
+        if kind == "bits12_junk":
+            # garbage in the 4 unused high bits of each 16-bit word (PS3.5 8.1.1)
+            junk = np.random.default_rng(7).integers(1, 16, px.shape)
+            new = new | (junk << 12)
+    else:
+        new = px
+    new = new.astype(np.uint16)
+    ds.PixelData = new.tobytes()
+    if kind == "jpeg2000":
+        ds.compress(JPEG2000Lossless, new)
+    elif kind == "rle":
+        ds.compress(RLELossless, new)
+    ds.save_as(dst)
+    if kind in ("jpeg_lossless_p14", "jpeg_lossless_sv1"):
+        opts = ["+el", "+sv", "6"] if kind == "jpeg_lossless_p14" else ["+e1"]
+        tmp = dst.with_suffix(".jpeg.dcm")
+        subprocess.run([DCMCJPEG, *opts, str(dst), str(tmp)], check=True, capture_output=True)
+        tmp.replace(dst)
+    ts = pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    want = {
+        "jpeg2000": "1.2.840.10008.1.2.4.90",
+        "rle": "1.2.840.10008.1.2.5",
+        "jpeg_lossless_p14": "1.2.840.10008.1.2.4.57",
+        "jpeg_lossless_sv1": "1.2.840.10008.1.2.4.70",
+    }.get(kind)
+    if want:
+        assert ts == want, (kind, ts)
+
+
+@pytest.fixture(scope="module")
+def outside(exam, result, tmp_path_factory):
+    """kind -> (folder with station.json cage.json A.dcm B.dcm, its reconstruction)."""
+    root = tmp_path_factory.mktemp("outside")
+    cache: dict[str, tuple[Path, dict]] = {"original": (exam, result)}
+
+    def get(kind: str) -> tuple[Path, dict]:
+        if kind not in cache:
+            d = root / kind
+            d.mkdir()
+            for name in ("station.json", "cage.json"):
+                shutil.copyfile(exam / name, d / name)
+            # the slow pure-Python encoders (RLE, JPEG 2000) re-encode view A only
+            for v in "A" if kind in SLOW_ENCODERS else "AB":
+                _write_variant(exam / f"{v}.dcm", d / f"{v}.dcm", kind)
+            if kind in SLOW_ENCODERS:
+                shutil.copyfile(exam / "B.dcm", d / "B.dcm")
+            r, out = reconstruct(d)
+            ok(r)
+            cache[kind] = (d, load(out))
+        return cache[kind]
+
+    return get
+
+
+def same_markers(a: dict, b: dict, px_tol: float = 2e-3, mm_tol: float = 2e-4) -> None:
+    assert [m["id"] for m in b["markers"]] == [m["id"] for m in a["markers"]]
+    assert len(b["ambiguous"]) == len(a["ambiguous"])
+    for ma, mb in zip(a["markers"], b["markers"], strict=True):
+        assert np.linalg.norm(np.subtract(ma["xyz_mm"], mb["xyz_mm"])) <= mm_tol, ma["id"]
+        for v in "AB":
+            d = np.linalg.norm(np.subtract(ma["image_px"][v], mb["image_px"][v]))
+            assert d <= px_tol, (ma["id"], v, d)
+    for v in "AB":
+        va, vb = a["views"][v], b["views"][v]
+        assert vb["cage_markers_found"] == va["cage_markers_found"]
+        assert np.linalg.norm(np.subtract(va["focus_mm"], vb["focus_mm"])) <= 10 * mm_tol
+    assert b["qc"]["verdict"] == a["qc"]["verdict"]
+
+
+@pytest.mark.parametrize(
+    "kind,baseline",
+    [
+        ("monochrome1", "original"),
+        ("rescale", "original"),
+        ("rescale_scaled", "original"),
+        ("bits12_junk", "bits12"),
+        ("jpeg2000", "original"),
+        ("rle", "original"),
+        pytest.param(
+            "jpeg_lossless_p14",
+            "original",
+            marks=pytest.mark.skipif(DCMCJPEG is None, reason="dcmtk's dcmcjpeg not installed"),
+        ),
+        pytest.param(
+            "jpeg_lossless_sv1",
+            "original",
+            marks=pytest.mark.skipif(DCMCJPEG is None, reason="dcmtk's dcmcjpeg not installed"),
+        ),
+    ],
+)
+def test_outside_images_give_the_same_markers(outside, exam, kind, baseline):
+    _, base = outside(baseline)
+    _, got = outside(kind)
+    cs.check_reconstruction(got, load(exam / "station.json"))
+    same_markers(base, got)
