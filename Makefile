@@ -8,9 +8,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian packages the tests need: dciodvfy/dcentvfy (dicom3tools), a headless
+# Debian packages the tests need: dciodvfy/dcentvfy (dicom3tools), dcmcjpeg (dcmtk: JPEG
+# Lossless test images from an encoder other than pydicom), a headless
 # browser for the UI test, and Orthanc as the PACS the station sends to.
-DEB_PACKAGES := dicom3tools chromium chromium-driver orthanc
+DEB_PACKAGES := dicom3tools dcmtk chromium chromium-driver orthanc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint format bench debs venv clean hil
