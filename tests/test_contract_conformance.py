@@ -640,6 +640,8 @@ SLOW_ENCODERS = ("rle", "jpeg2000")
 
 
 def _write_variant(src: Path, dst: Path, kind: str) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
     from pydicom.uid import JPEG2000Lossless, RLELossless
 
     ds = pydicom.dcmread(src)
@@ -652,15 +654,30 @@ def _write_variant(src: Path, dst: Path, kind: str) -> None:
         new = (2**bits - 1) - px
         if "PresentationLUTShape" in ds:
             ds.PresentationLUTShape = "INVERSE"
-    elif kind == "rescale":
-        # stored values offset, the Modality LUT (rescale) undoes it exactly
-        new = px + 1000
-        ds.BitsStored, ds.HighBit = 16, 15
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "-1000", "US"
-    elif kind == "rescale_scaled":
-        # modality values = stored / 4 + 10: an affine change of the intensity scale
-        new = px
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "0.25", "10", "US"
+    elif kind == "rescale_inverted":
+        # stored inverted, a Modality LUT of slope -1 turns it back: ignoring the
+        # rescale would make the markers dark (an affine rescale could not show that)
+        new = (2**bits - 1) - px
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "-1", str(2**bits - 1), "US"
+    elif kind == "lut_inverted":
+        # the same through a Modality LUT Sequence (PS3.3 C.11.1) instead of a rescale
+        new = (2**bits - 1) - px
+        for k in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+            if k in ds:
+                del ds[k]
+        item = Dataset()
+        item.LUTDescriptor = [2**bits, 0, 16]
+        item.ModalityLUTType = "US"
+        item.add_new(0x00283006, "OW", ((2**bits - 1) - np.arange(2**bits)).astype("<u2").tobytes())
+        ds.ModalityLUTSequence = Sequence([item])
+    elif kind == "signed":
+        # signed storage (PixelRepresentation 1), the intercept restores the values
+        new = px - 2 ** (bits - 1)
+        ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", str(2 ** (bits - 1)), "US"
+    elif kind == "bits8":
+        new = px >> (bits - 8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     elif kind in ("bits12", "bits12_junk"):
         new = px >> (bits - 12)
         ds.BitsStored, ds.HighBit = 12, 11
@@ -670,7 +687,8 @@ def _write_variant(src: Path, dst: Path, kind: str) -> None:
             new = new | (junk << 12)
     else:
         new = px
-    new = new.astype(np.uint16)
+    dtype = {"signed": np.int16, "bits8": np.uint8}.get(kind, np.uint16)
+    new = new.astype(dtype)
     ds.PixelData = new.tobytes()
     if kind == "jpeg2000":
         ds.compress(JPEG2000Lossless, new)
@@ -737,8 +755,9 @@ def same_markers(a: dict, b: dict, px_tol: float = 2e-3, mm_tol: float = 2e-4) -
     "kind,baseline",
     [
         ("monochrome1", "original"),
-        ("rescale", "original"),
-        ("rescale_scaled", "original"),
+        ("rescale_inverted", "original"),
+        ("lut_inverted", "original"),
+        ("signed", "original"),
         ("bits12_junk", "bits12"),
         ("jpeg2000", "original"),
         ("rle", "original"),
@@ -759,3 +778,13 @@ def test_outside_images_give_the_same_markers(outside, exam, kind, baseline):
     _, got = outside(kind)
     cs.check_reconstruction(got, load(exam / "station.json"))
     same_markers(base, got)
+
+
+def test_outside_8_bit_images_reconstruct(outside, exam):
+    """8-bit storage (the contract's lower end): coarser values, the same beads."""
+    _, got = outside("bits8")
+    cs.check_reconstruction(got, load(exam / "station.json"))
+    assert got["qc"]["verdict"] == "pass", got["qc"]
+    truth = np.array([b["xyz_mm"] for b in load(exam / "truth.json")["beads"]])
+    for m in got["markers"]:
+        assert np.min(np.linalg.norm(truth - m["xyz_mm"], axis=1)) < 0.1, m["id"]
