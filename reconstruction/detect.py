@@ -625,6 +625,7 @@ def detect_markers(
     threshold_sigma: float = 5.0,
     min_snr: float = 8.0,
     max_chi: float = 1.6,
+    clutter_ratio: float = 3.0,
 ) -> Detections:
     """Detect markers in one image, coarse to fine.
 
@@ -640,6 +641,8 @@ def detect_markers(
         Coarse detection threshold (robust sigmas of the band-pass).
     min_snr : float
         Smallest fitted amplitude over its standard error that counts as a marker.
+    clutter_ratio : float
+        Coarse contrast-to-clutter threshold (see :func:`coarse_candidates`).
     max_chi : float
         Largest RMS residual over the disc, relative to the background ring's,
         for a fit to count as one whole disc (unless that residual is under
@@ -647,7 +650,7 @@ def detect_markers(
     """
     k = scale.factor
     small = reduced_display(image, k)
-    cand, _strength = coarse_candidates(small, k, scale, threshold_sigma)
+    cand, _strength = coarse_candidates(small, k, scale, threshold_sigma, clutter_ratio)
     if display is None:
         display = full_display(image)
     fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
