@@ -64,7 +64,10 @@ def build_runtime(
         raise InputError("--controller: a pyserial URL is needed (or --simulate)")
     if detectors in (None, "sim"):
         if not controller.startswith("sim://"):
-            raise InputError("--detectors sim needs the simulated controller (sim://NAME)")
+            raise InputError(
+                "--detectors: give the folder the detector console writes to "
+                "(the virtual detectors need the simulated controller, sim://NAME)"
+            )
         name = controller[len("sim://") :].split("?")[0]
         source = SimDetectors(name, full_resolution=full_resolution, seed=sim_seed)
     else:
