@@ -390,8 +390,9 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds):
         cost[idx] = cost_t[better]
         lam[act] = np.where(better, lam[act] * 0.3, lam[act] * 10.0)
         done = np.zeros(len(act), bool)
-        done[better] = (np.abs(step[better, :2]).max(1) < 1e-3) | (rel < 1e-6)
-        done |= lam[act] > 1e6
+        # a cost change of 1e-4 relative is far below one unit of chi-square
+        done[better] = (np.abs(step[better, :2]).max(1) < 1e-3) | (rel < 1e-4)
+        done |= lam[act] > 1e3  # repeated rejections: at a minimum to within the damping
         act = act[~done]
     return p, cost, jac
 
