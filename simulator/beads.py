@@ -25,6 +25,8 @@ class Markers:
     xyz_mm: np.ndarray  # (n, 3)
     radius_mm: np.ndarray  # (n,)
     material: str = "tantalum"
+    # Markers whose Cramér–Rao bound to compute (None: all of them).
+    informative: np.ndarray | None = None
 
 
 def _gauss_matrix(size: int, sigma: np.ndarray) -> np.ndarray:

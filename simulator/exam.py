@@ -301,6 +301,7 @@ def simulate_exam(
     exposure_seed: int | None = None,
     patient_seed: int | None = None,
     migration=None,
+    cage_information: bool = False,
 ) -> SimulatedExam:
     """Render a stereo exam of ``region`` with ground truth.
 
@@ -350,6 +351,10 @@ def simulate_exam(
         The patient (bead layout) apart from ``seed`` (the day: geometry,
         positioning, noise): exams of one patient on different days share it.
         The layout is then chosen against the nominal geometry only.
+    cage_information : bool
+        Also compute the Cramér–Rao bound and SNR of every cage marker (the
+        beads always get them, unless ``render_options.marker_information``
+        is off).
     migration : optional
         Rigid motion of the moving segment (implant) in the patient as placed
         in the cage before positioning: ``(R, t)`` or ``[tx, ty, tz, rx, ry, rz]``
@@ -436,6 +441,11 @@ def simulate_exam(
         markers = Markers(
             np.vstack([bead_xyz[name], cage_xyz]),
             np.concatenate([[b.diameter_mm / 2 for b in ph.beads], cage_markers.radius_mm]),
+            # Bounds for the beads (what the RSA result depends on); for the cage
+            # markers too only on request (they cost three times the beads).
+            informative=None
+            if cage_information
+            else np.arange(len(ph.beads) + len(cage_xyz)) < len(ph.beads),
         )
         res = None
         if name in views:

@@ -423,8 +423,11 @@ def render_view(
 
     crb = np.full((len(markers.xyz_mm), 2), np.nan)
     snr = np.full(len(markers.xyz_mm), np.nan)
-    if n_mk and opts.marker_information and np.any(inside):
-        idx = np.flatnonzero(inside)
+    wanted = np.zeros(len(markers.xyz_mm), bool)
+    if n_mk and opts.marker_information:
+        wanted = inside if markers.informative is None else inside & markers.informative
+    if np.any(wanted):
+        idx = np.flatnonzero(wanted)
         sub = Markers(markers.xyz_mm[idx], markers.radius_mm[idx], markers.material)
         grad = window_gradients(
             view, sub, kv, opts.supersample, opts.focal_spot_mm, opts.blur, top[idx], size // 2
