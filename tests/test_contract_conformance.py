@@ -439,6 +439,44 @@ def test_sim_controller_prints_the_pty_first_and_stops_cleanly():
             p.communicate()
 
 
+def test_serve_simulate_answers_on_the_given_host_and_port(tmp_path):
+    """`serve --simulate --detectors sim --host H --port P`, only contract options
+    (the data folder defaults to one under the working directory)."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "acquisition.cli", "serve", "--simulate"),
+            *("--detectors", "sim", "--host", "127.0.0.1", "--port", str(port)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        end, up = time.monotonic() + 120, False
+        while time.monotonic() < end and p.poll() is None and not up:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert up, "serve did not answer on its port"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and "Traceback" not in err, err[-1500:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 # --------------------------------------------------------- unusable input
 
 
