@@ -187,6 +187,21 @@ def test_views_swapped_is_a_result_not_unusable_input(exam, tmp_path):
     assert d["qc"]["verdict"] == "retake"
 
 
+def test_patient_motion_between_the_exposures_is_a_crossing_retake(tmp_path):
+    """1 mm across the epipolar planes (the baseline runs along x) between exposure A
+    and B: the crossing check, the station's sync check, must catch it."""
+    ok(cli("simulate", "--region", REGION, "--seed", SEED, "--motion", 0, 1, 0, "--out", tmp_path))
+    r, out = reconstruct(tmp_path)
+    ok(r)
+    d = load(out)
+    by = cs.check_reconstruction(d, load(tmp_path / "station.json"))
+    assert d["qc"]["verdict"] == "retake"
+    cross = by[("crossing_error", None)]
+    assert not cross["passed"]
+    if d["markers"]:
+        assert cross["value"] > 0.2
+
+
 # ----------------------------------------------------------------- cage-check
 
 
@@ -227,6 +242,15 @@ def test_cage_check_follows_the_contract(exam, result, tmp_path, view):
     det = load(exam / "station.json")["views"][view]["detector"]
     k = det["rows"] / img.shape[0]
     assert k >= 1 and k == int(k) and det["columns"] / img.shape[1] == k, img.shape
+
+
+def test_cage_cut_off_by_the_collimator_is_a_result_not_an_error(tmp_path):
+    ok(cli("simulate", "--region", REGION, "--seed", SEED, "--collimation", 0.5, "--out", tmp_path))
+    out = tmp_path / "c.json"
+    ok(cage_check(tmp_path, out=out))
+    d = load(out)
+    cs.check_cage_check(d, "A", {m["id"] for m in load(tmp_path / "cage.json")["markers"]})
+    assert d["passed"] is False and d["value"] < 0.8
 
 
 def test_cage_check_repeat_writes_the_last_run(exam, tmp_path):
