@@ -244,13 +244,36 @@ def test_cage_check_follows_the_contract(exam, result, tmp_path, view):
     assert k >= 1 and k == int(k) and det["columns"] / img.shape[1] == k, img.shape
 
 
-def test_cage_cut_off_by_the_collimator_is_a_result_not_an_error(tmp_path):
-    ok(cli("simulate", "--region", REGION, "--seed", SEED, "--collimation", 0.5, "--out", tmp_path))
-    out = tmp_path / "c.json"
-    ok(cage_check(tmp_path, out=out))
+@pytest.fixture(scope="module")
+def collimated(tmp_path_factory) -> Path:
+    """An exam whose collimator leaves 30% of each detector side: most of the cage cut off."""
+    out = tmp_path_factory.mktemp("collimated")
+    ok(cli("simulate", "--region", REGION, "--seed", SEED, "--collimation", 0.3, "--out", out))
+    return out
+
+
+def test_cage_cut_off_by_the_collimator_is_a_result_not_an_error(collimated):
+    out = collimated / "c.json"
+    ok(cage_check(collimated, out=out))
     d = load(out)
-    cs.check_cage_check(d, "A", {m["id"] for m in load(tmp_path / "cage.json")["markers"]})
+    cs.check_cage_check(d, "A", {m["id"] for m in load(collimated / "cage.json")["markers"]})
     assert d["passed"] is False and d["value"] < 0.8
+
+
+def test_uncalibrated_views_report_null_focus_and_the_nominal_expectation(collimated):
+    r, out = reconstruct(collimated)
+    ok(r)
+    d = load(out)
+    station = load(collimated / "station.json")
+    cs.check_reconstruction(d, station)
+    assert d["qc"]["verdict"] == "retake"
+    cage = [m["xyz_mm"] for m in load(collimated / "cage.json")["markers"]]
+    for v in "AB":
+        view = d["views"][v]
+        if view["focus_mm"] is None:
+            # "the nominal one if it could not be calibrated"
+            n = cs.inside_count(station["views"][v], cage, 10.0)
+            assert abs(view["cage_markers_expected"] - n) <= 2, (v, n)
 
 
 def test_cage_check_repeat_writes_the_last_run(exam, tmp_path):
