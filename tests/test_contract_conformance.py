@@ -670,8 +670,8 @@ def test_cage_check_accepts_spacing_within_one_percent(exam, tmp_path):
 @pytest.mark.parametrize(
     "which,case",
     [("segments", c) for c in JSON_CASES]
-    + [("reference", c) for c in ("missing", "bad_json")]
-    + [("followup", c) for c in ("directory",)],
+    + [("reference", c) for c in ("missing", "bad_json", "wrong_kind")]
+    + [("followup", c) for c in ("directory", "wrong_kind")],
 )
 def test_migrate_unusable_input(series, result, bad, tmp_path, which, case):
     files = {
