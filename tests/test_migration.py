@@ -340,6 +340,9 @@ def _cli(*args):
 
 def _write(tmp_path, name, obj):
     p = tmp_path / name
+    if isinstance(obj, dict) and "markers" in obj and "segments" not in obj:
+        # a result file is a whole contract reconstruction result
+        obj = {"views": {}, "qc": {"verdict": "pass", "checks": []}, **obj}
     p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
     return str(p)
 
@@ -486,3 +489,36 @@ def test_all_marker_method_uses_markers_seen_in_one_exam():
     np.testing.assert_allclose(
         allm["motion"]["translation_mm"], case.expected()["translation_mm"], atol=0.1
     )
+
+
+def test_migrate_command_refuses_a_cage_file_as_a_result(tmp_path):
+    case = Case(23)
+    ref, fu = case.exams()
+    cage = {
+        "name": "c",
+        "units": "mm",
+        "markers": [
+            {
+                "id": f"F{i}",
+                "xyz_mm": [10.0 * i, 3.0 * i * i, 0.0],
+                "role": "fiducial",
+                "diameter_mm": 1.0,
+            }
+            for i in range(12)
+        ],
+    }
+    cage_path = tmp_path / "cage.json"
+    cage_path.write_text(json.dumps(cage))
+    run = _cli(
+        "migrate",
+        "--segments",
+        _write(tmp_path, "seg.json", case.segments),
+        str(cage_path),
+        _write(tmp_path, "fu.json", fu),
+        "-o",
+        str(tmp_path / "m.json"),
+    )
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cage.json" in lines[0] and "not a valid reconstruction" in lines[0]
+    assert not (tmp_path / "m.json").exists()
