@@ -493,7 +493,7 @@ def test_all_marker_method_uses_markers_seen_in_one_exam():
 
 def test_migrate_command_refuses_a_cage_file_as_a_result(tmp_path):
     case = Case(23)
-    ref, fu = case.exams()
+    _ref, fu = case.exams()
     cage = {
         "name": "c",
         "units": "mm",
