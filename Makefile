@@ -8,8 +8,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian packages the tests need: dciodvfy/dcentvfy (dicom3tools), dcmcjpeg (dcmtk: JPEG
-# Lossless test images from an encoder other than pydicom), a headless
+# Debian packages the tests need: dciodvfy/dcentvfy (dicom3tools), dcmcjpeg and dcmconv (dcmtk:
+# test images in transfer syntaxes written by another encoder than pydicom), a headless
 # browser for the UI test, and Orthanc as the PACS the station sends to.
 DEB_PACKAGES := dicom3tools dcmtk chromium chromium-driver orthanc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
