@@ -422,6 +422,29 @@ def test_migrate_with_fewer_than_three_markers_is_a_retake_not_an_error(series, 
     assert by[("segment_markers", None)]["passed"] is False
 
 
+def _check_mean_error(migration: dict, definition: dict, ref: dict, fu: dict) -> None:
+    """ME of each fully matched segment = mean |R p_i + t - q_i| after the least-squares
+    rigid fit (Söderkvist & Wedin 1993), recomputed here with scipy's align_vectors."""
+    from scipy.spatial.transform import Rotation
+
+    ref_xyz = np.array([m["xyz_mm"] for m in ref["markers"]])
+    fu_xyz = np.array([m["xyz_mm"] for m in fu["markers"]])
+    start, checked = 0, 0
+    for name, pts in definition["segments"].items():
+        idx = slice(start, start + len(pts))  # _synthetic lists the segments in file order
+        start += len(pts)
+        seg = migration["segments"][name]
+        if seg["markers_matched"] != len(pts):
+            continue
+        p, q = ref_xyz[idx], fu_xyz[idx]
+        rot, _ = Rotation.align_vectors(q - q.mean(0), p - p.mean(0))
+        fitted = rot.apply(p - p.mean(0)) + q.mean(0)
+        me = np.linalg.norm(fitted - q, axis=1).mean()
+        assert seg["mean_error_mm"] == pytest.approx(me, abs=1e-5), name
+        checked += 1
+    assert checked, "no segment had all its markers matched"
+
+
 def test_precision_from_double_examinations(series, tmp_path):
     migrations = []
     for i, drop in enumerate((0, 0)):
@@ -437,6 +460,7 @@ def test_precision_from_double_examinations(series, tmp_path):
         out = sub / "m.json"
         ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", out))
         migrations.append(out)
+        _check_mean_error(load(out), _definition(series), load(a), fu)
     out = tmp_path / "p.json"
     ok(cli("precision", *migrations, "-o", out))
     assert isinstance(load(out), dict)
