@@ -21,12 +21,13 @@ from reconstruction.geometry import Cage, Detector, Station, ViewGeometry
 from simulator.frames import Frame, FrameMeta
 from simulator.phantoms import (
     DEFAULT_CAGE,
-    DEFAULT_TECHNIQUE,
+    PHANTOM_TECHNIQUE,
     REGIONS,
     Phantom,
     build_phantom,
     cage_solids,
     orientation_letters,
+    phantom_name_for,
 )
 from simulator.render import Markers, RenderOptions, collimated_box, render_view
 
@@ -247,17 +248,19 @@ def lay_out_beads(
     cage_xyz: np.ndarray,
     scenarios: list[tuple[dict[str, ViewGeometry], tuple[np.ndarray, np.ndarray] | None]],
     attempts: int = 40,
+    phantom_name: str | None = None,
 ) -> Phantom:
     """The patient's bead layout, drawn as a surgeon spreads beads.
 
     Layouts are drawn in turn from ``seed`` until one leaves at least 4 beads
     per segment visible in both views in every scenario (the views on the day
     and the patient's pose of each examination it will appear in); otherwise
-    the layout with the best worst case is kept.
+    the layout with the best worst case is kept. ``phantom_name``: the
+    region's default phantom when None.
     """
     best = None
     for attempt in range(attempts):
-        ph = build_phantom(region, rng_for(seed, "beads", attempt), cage_kind)
+        ph = build_phantom(region, rng_for(seed, "beads", attempt), cage_kind, phantom_name)
         segs = np.array([b.segment for b in ph.beads])
         worst = None
         for views, pose in scenarios:
@@ -302,12 +305,14 @@ def simulate_exam(
     patient_seed: int | None = None,
     migration=None,
     cage_information: bool = False,
+    phantom_name: str | None = None,
 ) -> SimulatedExam:
     """Render a stereo exam of ``region`` with ground truth.
 
     Parameters
     ----------
     region : {'spine', 'upper', 'lower'}
+        The procedure (0348T, 0349T, 0350T).
     seed : int
         Seeds everything: geometry on the day, bead layout, positioning,
         technique, texture and noise.
@@ -325,8 +330,9 @@ def simulate_exam(
         Switch off quantum and read noise; switch off focal-spot and detector blur.
     technique : dict, optional
         Actual technique per tube ``{"A": {"kv", "ma", "ms"[, "mas"]}, "B": ...}``
-        (e.g. from an exposure report). Default: the region's preset with the
-        generator's small deviations.
+        (e.g. from an exposure report). Default: the phantom's preset
+        (``simulator.phantoms.PHANTOM_TECHNIQUE``) with the generator's small
+        deviations.
     bits_stored : int
         12..16.
     transfer : {'log', 'linear'}
@@ -355,6 +361,10 @@ def simulate_exam(
         Also compute the Cramér–Rao bound and SNR of every cage marker (the
         beads always get them, unless ``render_options.marker_information``
         is off).
+    phantom_name : {'cervical', 'lumbar', 'elbow', 'shoulder', 'knee'}, optional
+        The patient's anatomy within ``region``; default: ``cervical`` for
+        spine, ``elbow`` for upper, ``knee`` for lower (thin anatomy, measurable
+        under the dose cap). Ignored when ``phantom`` is given (its own name counts).
     migration : optional
         Rigid motion of the moving segment (implant) in the patient as placed
         in the cage before positioning: ``(R, t)`` or ``[tx, ty, tz, rx, ry, rz]``
@@ -371,6 +381,12 @@ def simulate_exam(
         raise InputError(f"bits_stored: expected 12..16, got {bits_stored}")
     if collimation is not None and not 0.3 <= float(collimation) <= 1.0:
         raise InputError(f"collimation: expected a fraction 0.3..1, got {collimation}")
+    if phantom is not None and phantom.name:
+        phantom_name = phantom.name
+    try:
+        phantom_name = phantom_name_for(region, phantom_name)
+    except ValueError as err:
+        raise InputError(f"phantom: {err}") from None
     try:
         motion = np.zeros(3) if motion_mm is None else np.asarray(motion_mm, float).reshape(3)
     except (TypeError, ValueError):
@@ -389,21 +405,30 @@ def simulate_exam(
 
     if phantom is None and patient_seed is not None:
         # One patient across days: the layout depends on the patient only.
-        phantom = lay_out_beads(region, cage_kind, patient_seed, cage_xyz, [(station.views, None)])
+        phantom = lay_out_beads(
+            region,
+            cage_kind,
+            patient_seed,
+            cage_xyz,
+            [(station.views, None)],
+            phantom_name=phantom_name,
+        )
     if patient_pose is None and reposition:
         # The pose turns about the beads' centroid, which any layout of this
         # patient shares within millimetres: take it from the first draw.
-        about = phantom or build_phantom(region, rng_for(seed, "beads", 0), cage_kind)
+        about = phantom or build_phantom(region, rng_for(seed, "beads", 0), cage_kind, phantom_name)
         patient_pose = random_pose(about, rng_for(seed, "pose"), 2.0, 4.0)
     if phantom is None:
-        phantom = lay_out_beads(region, cage_kind, seed, cage_xyz, [(day, patient_pose)])
+        phantom = lay_out_beads(
+            region, cage_kind, seed, cage_xyz, [(day, patient_pose)], phantom_name=phantom_name
+        )
     if migration is not None:
         phantom = _migrated(phantom, migration)
     if patient_pose is not None:
         phantom = phantom.moved(*patient_pose)
 
     trng = rng_for(seed, "technique")
-    preset = DEFAULT_TECHNIQUE[region]
+    preset = PHANTOM_TECHNIQUE[phantom_name]
     tech = {}
     for name in ("A", "B"):
         if technique is not None and name in technique:
@@ -411,7 +436,7 @@ def simulate_exam(
             t.setdefault("mas", round(float(t["ma"]) * float(t["ms"]) / 1000, 3))
             tech[name] = {k: float(t[k]) for k in ("kv", "ma", "ms", "mas")}
         else:
-            tech[name] = actual_technique(preset, trng)
+            tech[name] = actual_technique(preset.get(name, preset), trng)
 
     opts = render_options or RenderOptions()
     opts = replace(
@@ -587,6 +612,7 @@ def simulate_exam(
         "exposure_id": int(exposure_id),
         "acquisition_datetime": when.isoformat(),
         "phantom": phantom.description,
+        "phantom_name": phantom_name,
         "patient_seed": int(seed if patient_seed is None else patient_seed),
     }
     if patient_pose is not None:

@@ -23,6 +23,7 @@ from datetime import timedelta
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from reconstruction.errors import InputError
 from reconstruction.geometry import Cage, Station
 from simulator.exam import (
     BASE_TIME,
@@ -35,7 +36,7 @@ from simulator.exam import (
     rng_for,
     simulate_exam,
 )
-from simulator.phantoms import DEFAULT_CAGE, build_phantom
+from simulator.phantoms import DEFAULT_CAGE, REGIONS, build_phantom, phantom_name_for
 
 FOLLOWUP_DAYS = (42, 91, 182, 365, 730, 1095, 1825)
 
@@ -131,12 +132,19 @@ def simulate_series(
     segment_file_error_mm
         Largest error of the positions in the segment file (CONTRACT: within 0.5 mm).
     **exam_kwargs
-        Passed to every ``simulate_exam`` (photometric, collimation, motion_mm...).
+        Passed to every ``simulate_exam`` (photometric, collimation, motion_mm,
+        phantom_name...).
     """
     if migrations is None:
         n = int(followups or 0)
         full = np.asarray(migration if migration is not None else [0.2, 0.1, -0.3, 0.3, 0, 0.2])
         migrations = [full * (k + 1) / n for k in range(n)]
+    if region not in REGIONS:
+        raise InputError(f"region: expected one of {', '.join(REGIONS)}, got {region!r}")
+    try:
+        phantom_name_for(region, exam_kwargs.get("phantom_name"))
+    except ValueError as err:
+        raise InputError(f"phantom: {err}") from None
     cage_kind = cage or DEFAULT_CAGE[region]
     station_dict = load_data("station", cage_kind)
     if not exam_kwargs.get("full_resolution", True):
@@ -146,14 +154,15 @@ def simulate_series(
     labels = ["reference", "double"] + [f"followup-{k + 1}" for k in range(len(migrations))]
     seeds = [seed * 1000 + i for i in range(len(labels))]
     prng = rng_for(seed, "pose", 1000)
-    first = build_phantom(region, rng_for(seed, "beads", 0), cage_kind)
+    name = exam_kwargs.get("phantom_name")  # the region's default when None
+    first = build_phantom(region, rng_for(seed, "beads", 0), cage_kind, name)
     poses = [random_pose(first, prng, reposition_deg, reposition_mm) for _ in labels]
     # One patient: the layout must serve every examination of the series.
     scenarios = [
         (geometry_on_the_day(station, rng_for(s, "geometry")), pose)
         for s, pose in zip(seeds, poses, strict=True)
     ]
-    base = lay_out_beads(region, cage_kind, seed, cage_xyz, scenarios)
+    base = lay_out_beads(region, cage_kind, seed, cage_xyz, scenarios, phantom_name=name)
     moving, reference = base.moving_segment, base.reference_segment
     rot0, t0 = poses[0]
     moving_base = np.array([b.xyz_mm for b in base.beads if b.segment == moving])

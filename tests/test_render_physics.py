@@ -192,11 +192,25 @@ def test_low_fluence_noise_is_exact_poisson():
     assert (q == 0).mean() == pytest.approx(np.exp(-q.mean()), rel=0.25)
 
 
-@pytest.mark.parametrize("region", ["lower", "spine", "upper"])
-def test_default_exposure_is_clinical(region):
-    # Binned 2 x 2 for speed: four times the quanta per (0.30 mm) pixel, same scatter.
+@pytest.mark.parametrize(
+    ("region", "phantom"),
+    [
+        ("lower", None),
+        ("spine", None),
+        ("upper", None),
+        ("spine", "lumbar"),
+        ("upper", "shoulder"),
+    ],
+)
+def test_default_exposure_is_clinical(region, phantom):
+    # Every phantom at its preset technique. Binned 2 x 2 for speed: four times the
+    # quanta per (0.30 mm) pixel, same scatter.
     ex = simulate_exam(
-        region, 2, full_resolution=False, render_options=RenderOptions(marker_information=False)
+        region,
+        2,
+        full_resolution=False,
+        render_options=RenderOptions(marker_information=False),
+        phantom_name=phantom,
     )
     for v in "AB":
         assert 1500 <= ex.truth["fluence_quanta_per_px"][v] / 4 <= 5000

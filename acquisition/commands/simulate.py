@@ -49,6 +49,13 @@ def _migration(text: str) -> list[float]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", required=True, choices=["spine", "upper", "lower"])
+    p.add_argument(
+        "--phantom",
+        choices=["cervical", "lumbar", "elbow", "shoulder", "knee"],
+        default=None,
+        help="anatomy within the region (default: cervical for spine, elbow for upper, "
+        "knee for lower; lumbar and shoulder are photon-starved under the dose cap)",
+    )
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
@@ -181,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         full_resolution=not args.half_resolution,
         noiseless=args.noiseless,
         blur=not args.no_blur,
+        phantom_name=args.phantom,
     )
     if args.series:
         from acquisition.jsonio import write_json
