@@ -235,6 +235,8 @@ def check_reconstruction(d: Any, station: dict, table: dict = RECON_QC) -> dict:
         assert set(a["image_px"]) <= {"A", "B"}
         for v, rc in a["image_px"].items():
             assert_vec(rc, 2, f"ambiguous.image_px.{v}")
+            det = station["views"][v]["detector"]
+            assert -0.5 <= rc[0] <= det["rows"] - 0.5 and -0.5 <= rc[1] <= det["columns"] - 0.5
         assert is_int(a["candidates"]) and a["candidates"] >= 0
     by = check_qc(d["qc"], table)
     # the values are what the table says they are
