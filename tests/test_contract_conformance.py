@@ -731,6 +731,21 @@ def test_cage_check_accepts_spacing_within_one_percent(exam, tmp_path):
     ok(cage_check(exam, image=img, out=tmp_path / "o.json"))
 
 
+@pytest.mark.parametrize("which,case", [("station", "bad_json"), ("station", "wrong_kind")])
+def test_serve_unusable_station_or_cage(exam, bad, tmp_path, which, case):
+    files = {"station": exam / "station.json", "cage": exam / "cage.json"}
+    wrong = exam / ("cage.json" if which == "station" else "station.json")
+    files[which] = _json_case(bad, case, wrong)
+    r = cli(
+        "serve",
+        "--simulate",
+        *("--station", files["station"], "--cage", files["cage"]),
+        *("--data", tmp_path / "data", "--port", 1),
+        timeout=120,
+    )
+    one_line_exit_2(r, files[which])
+
+
 @pytest.mark.parametrize(
     "which,case",
     [("segments", c) for c in JSON_CASES]
