@@ -1,5 +1,11 @@
 """Anatomical phantoms of the three RSA procedure regions, with beads and implants.
 
+Five phantoms (``PHANTOM_REGION``): ``cervical`` and ``lumbar`` (spine),
+``elbow`` and ``shoulder`` (upper), ``knee`` (lower); each region's default is
+``DEFAULT_PHANTOM`` (the thin anatomy, measurable under the station's dose
+cap: ``cervical``, ``elbow``, ``knee``; :mod:`simulator.thin_phantoms` builds
+the first two). This module builds the other three (below).
+
 Each phantom is built in its own patient frame (mm; for the spine and the
 shoulder x lateral, y anterior, z cranial; for the knee x lateral, y proximal
 along the leg, z anterior) out of the solids of :mod:`simulator.primitives`:
@@ -9,13 +15,13 @@ placed per seed inside their segment's bone or polyethylene, at least 4 mm
 apart, as a surgeon spreads them. It is then placed in the cage frame by a
 rigid pose.
 
-- ``spine``: L3–S1 vertebrae; L4 and L5 carry beads (segments ``L4``,
+- ``lumbar``: L3–S1 vertebrae; L4 and L5 carry beads (segments ``L4``,
   moving, and ``L5``, reference); a titanium interbody cage, pedicle screws in
   L4 and L5 and two rods hide beads in some views.
-- ``upper``: a total shoulder: scapula (reference, beads in the glenoid vault,
+- ``shoulder``: a total shoulder: scapula (reference, beads in the glenoid vault,
   coracoid and acromion) and a polyethylene glenoid component (moving, beads in
   its body and pegs); a CoCr humeral head and titanium stem hide beads.
-- ``lower``: a total knee: tibia (reference, beads in the metaphysis) and the
+- ``knee``: a total knee: tibia (reference, beads in the metaphysis) and the
   tibial component (moving: titanium tray and keel, beads in the polyethylene
   insert); the CoCr femoral component and the tray hide beads.
 """

@@ -8,18 +8,18 @@ ones both clinically representative and measurable at that dose:
 
 - ``cervical``: anterior cervical discectomy and fusion (ACDF) at C5–C6 with a
   stand-alone titanium interbody cage; beads in the C5 (moving) and C6
-  (reference) vertebral bodies, as placed through the anterior approach
-  (RSA of cervical fusion and disc arthroplasty: Zoëga et al., Eur Spine J
-  1998; Lind et al., Acta Orthop 2009 ... the same two-vertebra design as the
-  lumbar phantom). Neck 12 cm lateral, 11 cm antero-posterior, trachea, the
-  shoulders below C7.
-- ``elbow``: linked total elbow arthroplasty (RSA of total elbow and radial
-  head implants: Nelissen et al., J Shoulder Elbow Surg; Hildebrand et al.):
+  (reference) vertebral bodies, as placed through the anterior approach (RSA
+  of cervical fusion and disc arthroplasty is an established application; the
+  same two-vertebra design as the lumbar phantom). Neck 12 cm lateral, 11.2 cm
+  antero-posterior, trachea, the shoulders below C7.
+- ``elbow``: linked total elbow arthroplasty (RSA of total elbow implants:
+  Valstar, Garling & Rozing, Acta Orthop Scand 2002;73:264–272):
   the proximal ulna (reference; beads in the metaphysis and olecranon) and the
   ulnar component (moving; titanium stem, beads in its polyethylene bearing);
   the titanium humeral component (stem, yoke, anterior flange) and the CoCr
-  hinge axle hide beads; distal humerus, radial head and shaft; forearm-size
-  soft tissue (9 x 8 cm).
+  hinge axle hide beads; distal humerus, radial head and shaft; soft tissue of
+  a large adult elbow (10.4 x 9.4 cm: thinner ones fall under the cap's
+  scatter-to-primary of 0.5 in this scatter model).
 
 Frames (mm): ``cervical`` x left, y anterior, z cranial, origin the centre of
 the C5–C6 disc; ``elbow`` (right arm, extended) x lateral, y anterior, z
