@@ -12,6 +12,7 @@ absent). Every failure is one :class:`InputError` line naming the file.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,22 +53,45 @@ def _spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
 
 def read_dicom(path: str | os.PathLike) -> DicomImage:
     """Read and decode one DICOM image; raise :class:`InputError` on any problem."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: image file not found")
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected a DICOM image file")
+    # pydicom reports a file cut inside encapsulated (compressed) pixel data only by a
+    # UserWarning ("End of file reached before delimiter") and then drops the element;
+    # warnings are recorded, never printed, and that one becomes a one-line InputError.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _dcmread(p)
+    _raise_if_truncated(p, caught)
+    return _decode(p, ds)
+
+
+def _raise_if_truncated(p: Path, caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        text = str(w.message)
+        low = text.lower()
+        if "end of file" in low or "truncat" in low or "delimiter" in low:
+            first = text.splitlines()[0] if text else "end of file"
+            raise InputError(f"{p}: truncated pixel data ({first})")
+
+
+def _dcmread(p: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
-        ds = pydicom.dcmread(p)
+        return pydicom.dcmread(p)
     except InvalidDicomError:
         raise InputError(f"{p}: not a DICOM file") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"{p}: cannot read DICOM file: {exc}") from None
     except Exception as exc:  # a corrupt header is the file's problem, not ours
         raise InputError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(p: Path, ds) -> DicomImage:
     if "PixelData" not in ds:
         raise InputError(f"{p}: DICOM file has no pixel data")
     try:
@@ -88,7 +112,12 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     if not 1 <= bits_stored <= 16:
         raise InputError(f"{p}: BitsStored {bits_stored} is not supported (1..16)")
     try:
-        pixels = ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pixels = ds.pixel_array
+        _raise_if_truncated(p, caught)
+    except InputError:
+        raise
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -105,7 +134,9 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
         from pydicom.pixels import apply_modality_lut
 
-        pixels = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            pixels = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     else:
         try:
             slope = float(ds.get("RescaleSlope", 1.0) or 1.0)

@@ -48,12 +48,40 @@ def _pt(rc: np.ndarray, s: float) -> tuple[int, int]:
     return round((rc[1] + 0.5) * s - 0.5), round((rc[0] + 0.5) * s - 0.5)
 
 
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEGEND_SCALE = 0.5
+LEGEND_GAP = 6  # px of panel between two legend lines, so outlines never touch
+
+
+def legend_line_boxes(
+    items: list[tuple[str, tuple[int, int, int]]], scale: float = LEGEND_SCALE
+) -> list[tuple[int, int, int, int]]:
+    """Rows of the legend lines: ``(top, bottom, baseline_y, width)`` of each, top to bottom.
+
+    Each line's height is measured with ``cv2.getTextSize`` (ascent + descent + the 3 px
+    outline), so a title with descenders never runs into the next line.
+    """
+    boxes = []
+    top = LEGEND_GAP
+    for text, _ in items:
+        (w, h), base = cv2.getTextSize(text, FONT, scale, 3)
+        baseline_y = top + h + 1
+        bottom = baseline_y + base + 1
+        boxes.append((top, bottom, baseline_y, w))
+        top = bottom + LEGEND_GAP
+    return boxes
+
+
 def _legend(rgb: np.ndarray, items: list[tuple[str, tuple[int, int, int]]]) -> None:
-    y = 18
-    for text, colour in items:
-        cv2.putText(rgb, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(rgb, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-        y += 18
+    boxes = legend_line_boxes(items)
+    width = max(b[3] for b in boxes) + 16
+    bottom = boxes[-1][1] + LEGEND_GAP
+    # a darkened panel under the text keeps it readable over bright bone and markers
+    panel = rgb[:bottom, :width]
+    panel[...] = (panel * 0.35).astype(np.uint8)
+    for (text, colour), (_, _, y, _) in zip(items, boxes, strict=True):
+        cv2.putText(rgb, text, (8, y), FONT, LEGEND_SCALE, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(rgb, text, (8, y), FONT, LEGEND_SCALE, colour, 1, cv2.LINE_AA)
 
 
 def draw_cage_check(image: RawImage | np.ndarray, result) -> np.ndarray:

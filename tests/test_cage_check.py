@@ -175,3 +175,27 @@ def test_check_is_fast_enough_for_real_time(sim_files):
     for _ in range(5):
         cage_check(station, cage, "A", image)
     assert (time.process_time() - t0) / 5 < 0.1
+
+
+def test_overlay_legend_lines_do_not_overlap():
+    """The title line and the legend are separate bands of ink with a clear row between."""
+    from reconstruction.overlay import GREEN, _legend, legend_line_boxes
+
+    items = [
+        ("view B: 69 of 77 cage markers found (PASS) gjpqy", GREEN),
+        ("green identified, red missing, yellow other blobs", (255, 255, 255)),
+    ]
+    rgb = np.full((200, 600, 3), 128, np.uint8)
+    _legend(rgb, items)
+    (t0, b0, _, w0), (t1, b1, _, w1) = legend_line_boxes(items)
+    panel = rgb[0, 0].copy()
+    assert np.all(panel < 128), "a darkened panel behind the text"
+    area = rgb[: b1 + 3, : max(w0, w1) + 16]
+    ink_rows = np.flatnonzero(np.any(area != panel, axis=(1, 2)))
+    # ink rows form exactly two bands (one per line) separated by clear panel rows
+    breaks = np.flatnonzero(np.diff(ink_rows) > 1)
+    assert len(breaks) == 1, ink_rows
+    first, second = ink_rows[: breaks[0] + 1], ink_rows[breaks[0] + 1 :]
+    assert second.min() - first.max() >= 3, "a clear gap between the two lines"
+    assert t0 - 1 <= first.min() and first.max() <= b0 + 1
+    assert t1 - 1 <= second.min() and second.max() <= b1 + 1

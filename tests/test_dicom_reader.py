@@ -127,3 +127,23 @@ def test_jpeg_lossless_is_decoded_through_the_plugins():
     assert ds.pixel_array.shape[-1] == 3  # decoded
     with pytest.raises(InputError, match="greyscale"):
         read_dicom(path)
+
+
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "RLELossless"])
+def test_truncated_compressed_pixel_data_is_one_error_and_no_warning(tmp_path, syntax):
+    """pydicom only warns ("End of file reached before delimiter") on cut encapsulated data."""
+    import warnings
+
+    ds, _ = make_ds(bits=12)
+    try:
+        ds.compress(getattr(pydicom.uid, syntax))
+    except Exception as exc:
+        pytest.skip(f"cannot encode {syntax} here: {exc}")
+    data = save(ds, tmp_path / "full.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping the reader fails the test
+        with pytest.raises(InputError, match="truncated pixel data") as err:
+            read_dicom(cut)
+    assert "\n" not in str(err.value) and "cut.dcm" in str(err.value)

@@ -81,7 +81,9 @@ def test_views_swapped_is_not_an_error_but_a_retake(sim, tmp_path):
     assert json.loads(out.read_text())["qc"]["verdict"] == "retake"
 
 
-@pytest.mark.parametrize("case", ["missing", "not_dicom", "bad_json", "wrong_kind", "size"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not_dicom", "bad_json", "wrong_kind", "size", "truncated_j2k"]
+)
 def test_unusable_input_exits_2_with_one_line(sim, tmp_path, case):
     station, cage = sim / "station.json", sim / "cage.json"
     a, b = sim / "A.dcm", sim / "B.dcm"
@@ -101,7 +103,24 @@ def test_unusable_input_exits_2_with_one_line(sim, tmp_path, case):
         st["views"]["A"]["detector"]["rows"] += 2
         station = tmp_path / "s.json"
         station.write_text(json.dumps(st))
+    elif case == "truncated_j2k":
+        # compressed pixel data cut in half: pydicom only warns; it must be one error line
+        import pydicom
+        from pydicom.uid import JPEG2000Lossless
+
+        ds = pydicom.dcmread(sim / "A.dcm")
+        try:
+            ds.compress(JPEG2000Lossless)
+        except Exception as exc:
+            pytest.skip(f"cannot encode JPEG 2000 here: {exc}")
+        full = tmp_path / "j2k.dcm"
+        ds.save_as(full)
+        raw = full.read_bytes()
+        a = tmp_path / "cut-j2k.dcm"
+        a.write_bytes(raw[: len(raw) // 2])
     r = cli("reconstruct", "--station", station, "--cage", cage, a, b, "-o", tmp_path / "o.json")
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "o.json").exists()
+    if case == "truncated_j2k":
+        assert "truncated pixel data" in r.stderr and str(a) in r.stderr, r.stderr
