@@ -123,7 +123,26 @@ def test_simulate_writes_the_five_contract_files(exam):
 # ---------------------------------------------------------------- reconstruct
 
 
-def test_reconstruct_result_follows_the_contract(exam, result):
+@pytest.fixture(scope="module")
+def biplanar(tmp_path_factory) -> tuple[Path, dict]:
+    """A spine exam on the biplanar cage (detectors at about 90 degrees), read out 2 x 2."""
+    out = tmp_path_factory.mktemp("biplanar")
+    ok(cli("simulate", "--region", "spine", "--seed", 4, "--half-resolution", "--out", out))
+    r, res = reconstruct(out)
+    ok(r)
+    return out, load(res)
+
+
+@pytest.fixture(params=["uniplanar", "biplanar"])
+def case(request) -> tuple[Path, dict]:
+    """(exam folder, its reconstruction result) for each kind of cage."""
+    if request.param == "uniplanar":
+        return request.getfixturevalue("exam"), request.getfixturevalue("result")
+    return request.getfixturevalue("biplanar")
+
+
+def test_reconstruct_result_follows_the_contract(case):
+    exam, result = case
     station = load(exam / "station.json")
     by = cs.check_reconstruction(result, station)
     # a clean simulated exam calibrates both views
@@ -132,7 +151,8 @@ def test_reconstruct_result_follows_the_contract(exam, result):
         assert by[("calibration_residual", v)]["passed"]
 
 
-def test_reconstruct_focus_and_markers_agree_with_ground_truth(exam, result):
+def test_reconstruct_focus_and_markers_agree_with_ground_truth(case):
+    exam, result = case
     truth = load(exam / "truth.json")
     cage = np.array([m["xyz_mm"] for m in load(exam / "cage.json")["markers"]])
     beads = {b["id"]: b for b in truth["beads"]}
@@ -155,8 +175,9 @@ def test_reconstruct_focus_and_markers_agree_with_ground_truth(exam, result):
             assert d < 0.5, f"{m['id']} image_px {v} {d:.2f} px from {b['id']}'s true centre"
 
 
-def test_crossing_mm_is_the_distance_between_the_projection_lines(exam, result):
+def test_crossing_mm_is_the_distance_between_the_projection_lines(case):
     """Recomputed from the reported focus, image_px and the detector on the day (truth)."""
+    exam, result = case
     truth = load(exam / "truth.json")
     for m in result["markers"]:
         lines = []
@@ -171,7 +192,8 @@ def test_crossing_mm_is_the_distance_between_the_projection_lines(exam, result):
             assert cs.point_line_distance(m["xyz_mm"], f, direction) <= d + 0.005
 
 
-def test_cage_markers_expected_follow_the_10px_rule(exam, result):
+def test_cage_markers_expected_follow_the_10px_rule(case):
+    exam, result = case
     truth = load(exam / "truth.json")
     cage = [m["xyz_mm"] for m in load(exam / "cage.json")["markers"]]
     for v in "AB":
