@@ -651,9 +651,14 @@ PLACEMENT = {
     # Supine, anterior up, the shoulders clear of the control plate.
     ("cervical", "biplanar"): (np.eye(3), np.array([0.0, 0.0, 0.0])),
     ("cervical", "uniplanar"): (rot_x(90.0), np.array([0.0, 0.0, 295.0])),
-    # AP and lateral of the extended elbow; on the uniplanar cage lying palm up.
+    # AP and lateral of the extended elbow. On the uniplanar cage lying palm up
+    # with the arm along the plane of the two beams: both views then see the
+    # stems edge-on in the same band, as a knee's keel is seen.
     ("elbow", "biplanar"): (np.eye(3), np.array([0.0, 0.0, 0.0])),
-    ("elbow", "uniplanar"): (rot_x(90.0), np.array([0.0, 0.0, 230.0])),
+    ("elbow", "uniplanar"): (
+        np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        np.array([0.0, 0.0, 235.0]),
+    ),
 }
 
 
@@ -689,10 +694,11 @@ def _fat_planes(ph: Phantom, rng: np.random.Generator, n: int = 6) -> list[Solid
     """Intermuscular and subcutaneous fat: soft, low-contrast clutter in the background.
 
     Ellipsoids of fat inside the body's soft tissue (its first solid), kept
-    clear of bone and implants so that nothing is displaced twice.
+    clear of bone, implants and air so that nothing is displaced twice.
     """
     body = ph.solids[0]
-    hard = [s for s in ph.solids[1:] if s.material not in ("soft", "fat", "air")]
+    # Air (bowel gas, trachea) too: a fat plane inside it would subtract soft tissue twice.
+    hard = [s for s in ph.solids[1:] if s.material not in ("soft", "fat")]
     size = float(np.min(body.half_extents()[:2]))
     out: list[Solid] = []
     for _ in range(200):

@@ -450,6 +450,20 @@ def test_default_phantoms_show_four_beads_per_segment_in_both_views(region):
 
 
 @pytest.mark.parametrize("region", ["spine", "upper"])
+def test_default_phantoms_on_the_other_cage(region):
+    """Placed on the uniplanar cage too (``cage=`` overrides), still >= 4 per segment."""
+    for seed in range(10):
+        tr = simulate_exam(region, seed, cage="uniplanar", views=()).truth
+        assert tr["cage_kind"] == "uniplanar"
+        both: dict[str, int] = {}
+        for b in tr["beads"]:
+            both[b["segment"]] = both.get(b["segment"], 0) + (
+                b["visible"]["A"] and b["visible"]["B"]
+            )
+        assert min(both.values()) >= 4, (seed, both)
+
+
+@pytest.mark.parametrize("region", ["spine", "upper"])
 def test_default_phantoms_are_measurable_under_the_dose_cap(region):
     """The reason for the thin-anatomy defaults: beads seen in both views carry
     information for a few hundredths of a pixel (truth's Cramér–Rao bound), at an
