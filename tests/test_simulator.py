@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 from scipy.spatial.transform import Rotation
 
@@ -492,6 +493,8 @@ def test_cli_phantom_option(tmp_path):
     assert run.returncode == 0, run.stderr
     truth = json.loads((tmp_path / "l" / "truth.json").read_text())
     assert truth["phantom_name"] == "lumbar" and truth["segments"]["moving"] == "L4"
+    ds = pydicom.dcmread(tmp_path / "l" / "A.dcm")
+    assert ds.StudyDescription == "RSA spine lumbar"
     bad = subprocess.run(
         [*cmd, "--region", "upper", "--phantom", "knee", "--out", str(tmp_path / "k")],
         capture_output=True,

@@ -135,7 +135,11 @@ def _study(exam, series_name: str | None = None) -> tuple[dict, dict]:
         "laterality": "R",
         "accession_number": f"SIM{exam.seed}"[:16],
         "study_id": str(exam.truth.get("exposure_id", 1)),
-        "description": f"RSA {region}" + (f" {series_name}" if series_name else ""),
+        # The anatomy within the region (e.g. "RSA spine cervical"): the procedure
+        # code names only the region.
+        "description": " ".join(
+            x for x in ("RSA", region, exam.truth.get("phantom_name"), series_name) if x
+        ),
     }
     return patient, study
 
