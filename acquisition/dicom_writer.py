@@ -53,10 +53,17 @@ PROCEDURES = {
     "upper": ("0349T", "Radiostereometric analysis (RSA), upper extremity"),
     "lower": ("0350T", "Radiostereometric analysis (RSA), lower extremity"),
 }
+# The anatomy examined (study["anatomy"]) -> SNOMED CT code, meaning, fixed laterality.
 ANATOMY = {
-    "spine": ("122496007", "Lumbar spine", "U"),
-    "upper": ("16982005", "Shoulder region structure", None),
-    "lower": ("72696002", "Knee region structure", None),
+    "cervical": ("122494005", "Cervical spine", "U"),
+    "lumbar": ("122496007", "Lumbar spine", "U"),
+    "spine": ("421060004", "Spine", "U"),
+    "shoulder": ("16982005", "Shoulder region structure", None),
+    "elbow": ("127949000", "Elbow region structure", None),
+    "upper": ("53120007", "Upper limb structure", None),
+    "knee": ("72696002", "Knee region structure", None),
+    "hip": ("29836001", "Hip region structure", None),
+    "lower": ("61685007", "Lower limb structure", None),
 }
 # DICOM ViewPosition -> CID 4010 "DX View" (SNOMED CT).
 VIEWS = {
@@ -210,7 +217,9 @@ def build_dx_dataset(
     ds.SeriesDescription = f"RSA stereo pair, exposure {m.exposure_id}"
     ds.PresentationIntentType = "FOR PRESENTATION" if for_presentation else "FOR PROCESSING"
     laterality = study.get("laterality")
-    anatomy = ANATOMY.get(region)
+    # The procedure code names only the region; the anatomic region says which
+    # part of it was examined, when the caller knows (else the whole region).
+    anatomy = ANATOMY.get(study.get("anatomy") or "") or ANATOMY.get(region)
     # Frame of Reference: the cage frame, shared by the pair.
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
@@ -327,7 +336,8 @@ def dx_pair_datasets(
 
     ``frames`` is a mapping view -> frame, or a sequence of frames (keyed by
     their ``meta.view``). ``study`` holds ``region`` ('spine' | 'upper' |
-    'lower'), optionally ``procedure_code`` (default by region),
+    'lower'), optionally ``anatomy`` (e.g. 'cervical', 'elbow', 'knee': the
+    AnatomicRegionSequence; default: the whole region), ``procedure_code`` (default by region),
     ``instance_uid`` (else derived), ``laterality``, ``accession_number``,
     ``study_id`` (or ``exam_id``), ``description``, ``datetime``. ``None``
     values count as absent. ``uid_seed`` makes every UID

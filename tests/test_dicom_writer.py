@@ -46,13 +46,18 @@ def exams():
     }
 
 
-def _write(exam, folder: Path, for_presentation=True, seed="t"):
+def _write(exam, folder: Path, for_presentation=True, seed="t", anatomy=None):
     paths = {v: folder / f"{v}.dcm" for v in "AB"}
     ds = write_dx_pair(
         exam.frames,
         paths,
         patient=PATIENT,
-        study={"region": exam.region, "laterality": "R", "accession_number": "A1"},
+        study={
+            "region": exam.region,
+            "laterality": "R",
+            "accession_number": "A1",
+            "anatomy": anatomy,
+        },
         for_presentation=for_presentation,
         uid_seed=seed,
     )
@@ -66,6 +71,23 @@ def test_dciodvfy_and_dcentvfy_are_clean(exams, tmp_path, region, for_presentati
     for p in paths.values():
         assert _problems([_tool("dciodvfy"), str(p)]) == []
     assert _problems([_tool("dcentvfy"), str(paths["A"]), str(paths["B"])]) == []
+
+
+@pytest.mark.parametrize(
+    ("region", "anatomy", "code"),
+    [
+        ("spine", "cervical", "122494005"),
+        ("spine", None, "421060004"),
+        ("upper", "elbow", "127949000"),
+        ("lower", "knee", "72696002"),
+    ],
+)
+def test_anatomic_region_names_the_part_examined(exams, tmp_path, region, anatomy, code):
+    paths, _ = _write(exams[region], tmp_path, anatomy=anatomy)
+    ds = pydicom.dcmread(paths["A"])
+    (anat,) = ds.AnatomicRegionSequence
+    assert (anat.CodeValue, anat.CodingSchemeDesignator) == (code, "SCT")
+    assert _problems([_tool("dciodvfy"), str(paths["A"])]) == []
 
 
 def test_the_checkers_do_catch_problems(exams, tmp_path):

@@ -132,6 +132,7 @@ def _study(exam, series_name: str | None = None) -> tuple[dict, dict]:
     }
     study = {
         "region": region,
+        "anatomy": exam.truth.get("phantom_name"),
         "laterality": "R",
         "accession_number": f"SIM{exam.seed}"[:16],
         "study_id": str(exam.truth.get("exposure_id", 1)),
