@@ -202,14 +202,22 @@ def dlt(xyz: np.ndarray, rc: np.ndarray) -> tuple[np.ndarray, float] | None:
     _, s, vt = np.linalg.svd(a, full_matrices=False)
     pn = vt[-1].reshape(3, 4)
     p = np.linalg.inv(t2) @ pn @ t3
-    return p / np.linalg.norm(p[2, :3]), float(s[-1] / max(s[-2], 1e-300))
+    scale = np.linalg.norm(p[2, :3])
+    # a degenerate configuration (e.g. a wrong identification putting the points on
+    # a plane through the centre) gives a P with no finite camera: no DLT start
+    if not (np.isfinite(scale) and scale > 1e-12 and np.all(np.isfinite(p))):
+        return None
+    return p / scale, float(s[-1] / max(s[-2], 1e-300))
 
 
 def camera_centre(p: np.ndarray) -> np.ndarray:
     """Centre of a finite projective camera: the right null vector of P (H&Z 6.2.4)."""
+    if not np.all(np.isfinite(p)):
+        return np.full(3, np.nan)
     _, _, vt = np.linalg.svd(p)
     c = vt[-1]
-    return c[:3] / c[3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return c[:3] / c[3]
 
 
 # --------------------------------------------------------------------------- refinement

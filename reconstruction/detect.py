@@ -187,12 +187,21 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - med))) + 1e-12
 
 
+# Band-pass clipped at this many detection thresholds before the local clutter RMS:
+# without it, beads in a tight cluster on an implant or beside the biplanar cage's
+# markers were lost at SNR > 100 (recall 0.40 on lower/biplanar seed 2). At 2 the
+# extra candidates misled one identification (spine/biplanar seed 3); 3 gains the
+# recall with no false marker and no wrong calibration on 18 exams (docs/benchmarks.md).
+CLUTTER_CLIP = 3.0
+
+
 def coarse_candidates(
     small: np.ndarray,
     k: int,
     scale: MarkerScale,
     threshold_sigma: float = 5.0,
     clutter_ratio: float = 3.0,
+    clutter_clip: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate centres from a band-passed reduced image.
 
@@ -211,6 +220,11 @@ def coarse_candidates(
         band-passed image (over a few marker diameters): bone texture and
         other structure at marker scale raise the local RMS, an isolated
         marker barely does (a local contrast-to-clutter test).
+    clutter_clip : float, optional
+        When given, the band-pass is clipped at this many ``threshold_sigma``
+        before the local RMS is taken, so that a neighbouring brighter marker
+        does not count as clutter (see :data:`CLUTTER_CLIP`). None: not clipped
+        (the real-time cage check, which needs only the cage's markers).
 
     Returns
     -------
@@ -258,7 +272,14 @@ def coarse_candidates(
     # local RMS of the band-pass over a few marker diameters, at the maxima only
     # (summed-area table: Crow 1984)
     w = round(4 * r_hi)
-    sq = cv2.integral(cv2.multiply(dog, dog))
+    # clutter is texture, not the neighbouring markers: the band-pass is clipped
+    # before squaring, so a bead beside a brighter bead or a cage marker (a tight
+    # bead cluster on an implant, the biplanar cage's second plane) is not lost
+    # while dense texture (many responses near the threshold) still is
+    clipped = (
+        dog if clutter_clip is None else np.minimum(dog, np.float32(clutter_clip * threshold_sigma))
+    )
+    sq = cv2.integral(cv2.multiply(clipped, clipped))
     rows, cols = dog.shape
     r0, r1 = np.clip(r - w, 0, rows), np.clip(r + w + 1, 0, rows)
     c0, c1 = np.clip(c - w, 0, cols), np.clip(c + w + 1, 0, cols)
@@ -651,7 +672,9 @@ def detect_markers(
     """
     k = scale.factor
     small = reduced_display(image, k)
-    cand, _strength = coarse_candidates(small, k, scale, threshold_sigma, clutter_ratio)
+    cand, _strength = coarse_candidates(
+        small, k, scale, threshold_sigma, clutter_ratio, clutter_clip=CLUTTER_CLIP
+    )
     if display is None:
         display = full_display(image)
     fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
@@ -696,11 +719,12 @@ def _select(
     misfit = (chi > max_chi) & (resid_rel > 0.12)
     reason[(reason == "") & misfit] = "not a single disc (merged, edge or texture)"
     ok = reason == ""
-    # duplicates: two candidates converged on one marker; keep the better fit
+    # duplicates: two candidates converged on one marker (two discs whose centres are
+    # closer than the smallest radius would be one merged blob); keep the better fit
     idx = np.flatnonzero(ok)
     if len(idx) > 1:
         pts = params[idx, :2]
-        pairs = pairs_within(pts, max(1.0, 0.5 * scale.r_min))
+        pairs = pairs_within(pts, max(1.0, scale.r_min))
         drop = set()
         for i, j in pairs:
             ii, jj = idx[i], idx[j]
