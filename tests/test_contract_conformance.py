@@ -201,6 +201,23 @@ def test_cage_markers_expected_follow_the_10px_rule(case):
         assert abs(result["views"][v]["cage_markers_expected"] - n) <= 2, (v, n)
 
 
+def test_a_clean_exam_calibrates_both_views(tmp_path):
+    """Audit D4: this exam (the reference of `simulate --series 1 --seed 5`) once had
+    half of view B's cage identified and its focal spot 37 mm off, at a good-looking
+    RMS of 0.08 px."""
+    ok(cli("simulate", "--region", "lower", "--seed", 5000, "--out", tmp_path))
+    r, out = reconstruct(tmp_path)
+    ok(r)
+    res, truth = load(out), load(tmp_path / "truth.json")
+    cs.check_reconstruction(res, load(tmp_path / "station.json"))
+    for v in "AB":
+        f = res["views"][v]["focus_mm"]
+        assert f is not None, v
+        assert np.linalg.norm(np.subtract(f, truth["views"][v]["focus_mm"])) < 2, v
+        visible = sum(c["visible"][v] for c in truth["cage_markers"])
+        assert res["views"][v]["cage_markers_found"] >= 0.8 * visible, v
+
+
 def test_views_swapped_is_a_result_not_unusable_input(exam, tmp_path):
     r, out = reconstruct(exam, exam / "B.dcm", exam / "A.dcm", tmp_path / "swapped.json")
     ok(r)
@@ -804,6 +821,20 @@ def good_migration(series, tmp_path_factory) -> Path:
     _, a, b, _ = _synthetic(series, d)
     ok(cli("migrate", "--segments", series / "segments.json", a, b, "-o", good))
     return good
+
+
+def test_truncated_compressed_pixel_data_is_unusable_input(exam, tmp_path):
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(exam / "A.dcm")
+    ds.compress(JPEG2000Lossless)
+    full, cut = tmp_path / "j2k.dcm", tmp_path / "cut-j2k.dcm"
+    ds.save_as(full)
+    raw = full.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    r, out = reconstruct(exam, cut, exam / "B.dcm", tmp_path / "o.json")
+    one_line_exit_2(r, cut, out)
+    assert "truncat" in r.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "bad_json", "wrong_kind"])
