@@ -92,6 +92,23 @@ def check_intact(before, after, client):
                 assert aa["result"] == ab["result"]
 
 
+def arm(st: Station, eid: int, timeout=30.0) -> None:
+    """Arm the exam, waiting while the board refuses for a passing reason.
+
+    Right after a restart the new process is still opening its serial link, and
+    right after an aborted hold the board wants the switch released first; both
+    refuse with 409 for a moment. Any other outcome fails with the station's reason.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        r = st.c.post(f"/api/exams/{eid}/arm")
+        if r.status_code == 200 and r.json()["state"] == "armed":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"exam {eid} could not be armed: {r.status_code} {r.text}")
+        time.sleep(0.2)
+
+
 def hold_until(st: Station, eid: int, states: set[str], timeout=30.0, tries=3) -> str:
     """Press hold-to-expose (keep-alives from a thread) until the exam reaches ``states``.
 
@@ -118,7 +135,7 @@ def hold_until(st: Station, eid: int, states: set[str], timeout=30.0, tries=3) -
             return got
         st.c.post(f"/api/exams/{eid}/release")
         time.sleep(0.3)
-        assert st.c.post(f"/api/exams/{eid}/arm").status_code == 200
+        arm(st, eid)
     raise AssertionError(f"exam {eid}: {tries} exposures aborted")
 
 
@@ -133,20 +150,20 @@ def test_sigkill_in_every_state(tmp_path):
         st.c.put(f"/api/exams/{eid}/technique", json=LONG)
         assert st.kill_and_restart()[eid]["state"] == "ready"  # ready
 
-        assert st.c.post(f"/api/exams/{eid}/arm").json()["state"] == "armed"
+        arm(st, eid)
         exams = st.kill_and_restart()  # armed: the board disarms when its host dies
         assert exams[eid]["state"] == "ready"
         log = st.phys.get(f"/api/audit?exam_id={eid}").json()
         assert log[-1]["action"] == "disarm" and log[-1]["details"]["reason"] == "station restarted"
 
-        st.c.post(f"/api/exams/{eid}/arm")
+        arm(st, eid)
         assert hold_until(st, eid, {"exposing"}) == "exposing"
         exams = st.kill_and_restart()  # exposing
         assert exams[eid]["state"] == "ready"
         assert all(a["status"] == "aborted" for a in exams[eid]["attempts"])
 
         st.c.put(f"/api/exams/{eid}/technique", json=PRESET)
-        st.c.post(f"/api/exams/{eid}/arm")
+        arm(st, eid)
         assert hold_until(st, eid, {"acquiring", "processing"}) == "acquiring"
         exams = st.kill_and_restart()  # acquiring
         last = exams[eid]["attempts"][-1]
@@ -157,7 +174,7 @@ def test_sigkill_in_every_state(tmp_path):
         else:
             assert exams[eid]["state"] == "ready" and last["status"] == "aborted"
 
-        st.c.post(f"/api/exams/{eid}/arm")
+        arm(st, eid)
         assert hold_until(st, eid, {"processing", "review"}, timeout=60) == "processing"
         n = len(st.c.get(f"/api/exams/{eid}").json()["attempts"])
         st.kill_and_restart()  # processing: the stored pair is processed again
