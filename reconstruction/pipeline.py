@@ -293,6 +293,19 @@ def analyse_view(
     )
 
 
+def _analyse_views(
+    station: Station, cage: Cage, images: dict[str, RawImage]
+) -> dict[str, ViewResult]:
+    """Both views at once: they are independent, and OpenCV and numpy's array loops
+    release the GIL, so two threads use two cores (same results as one after the
+    other: nothing is shared but read-only inputs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(VIEW_NAMES)) as pool:
+        futures = {v: pool.submit(analyse_view, v, station, cage, images[v]) for v in VIEW_NAMES}
+        return {v: f.result() for v, f in futures.items()}
+
+
 def reconstruct(
     station: Station,
     cage: Cage,
@@ -320,7 +333,7 @@ def reconstruct(
     missing = [v for v in VIEW_NAMES if v not in images]
     if missing:
         raise InputError(f"images: missing view(s) {', '.join(missing)}")
-    views = {v: analyse_view(v, station, cage, images[v]) for v in VIEW_NAMES}
+    views = _analyse_views(station, cage, images)
     markers: list[Marker] = []
     ambiguous: list[dict] = []
     matching = None
