@@ -31,6 +31,18 @@ SEED = 3
 REGION = "lower"
 
 
+# Address-space cap of every command run here: a runaway allocation (audit D7: 24 GB on
+# a flat image) must fail this test, not send the shared machine's OOM killer after
+# other processes. A reconstruction needs ~0.2 GB resident.
+MEMORY_CAP = 8 << 30
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
 def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RSA_DEBUG"}
     return subprocess.run(
@@ -39,6 +51,7 @@ def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         env=env,
+        preexec_fn=_cap_memory,
     )
 
 
@@ -774,7 +787,7 @@ def test_serve_unusable_station_or_cage(exam, bad, tmp_path, which, case):
 
 @pytest.mark.parametrize(
     "which,case",
-    [("segments", c) for c in JSON_CASES]
+    [("segments", c) for c in ("missing", "directory", "bad_json", "wrong_kind")]
     + [("reference", c) for c in ("missing", "bad_json", "wrong_kind")]
     + [("followup", c) for c in ("directory", "wrong_kind")],
 )
@@ -823,7 +836,7 @@ def test_truncated_compressed_pixel_data_is_unusable_input(exam, tmp_path):
     assert "truncat" in r.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "bad_json", "wrong_kind"])
+@pytest.mark.parametrize("case", ["missing", "wrong_kind"])
 def test_precision_unusable_input(series, bad, good_migration, tmp_path, case):
     good = good_migration
     # the wrong kind: a reconstruction result given as a migration
@@ -849,9 +862,8 @@ NO_DCMTK = pytest.mark.skipif(
 # JPEG 2000 encoder re-encodes view A only; two kinds that need no baseline of their
 # own share one reconstruction, one per view (each view's markers are compared).
 VARIANTS = {
-    "monochrome1": ("monochrome1", "monochrome1"),
+    "monochrome1_signed": ("monochrome1", "signed"),
     "modality_lut": ("rescale_inverted", "lut_inverted"),
-    "signed": ("signed", "signed"),
     "bits12": ("bits12", "bits12"),
     "bits12_junk": ("bits12_junk", "bits12_junk"),
     "bits8": ("bits8", "bits8"),
@@ -988,9 +1000,8 @@ def same_markers(a: dict, b: dict, px_tol: float = 2e-3, mm_tol: float = 2e-4) -
 @pytest.mark.parametrize(
     "kind,baseline",
     [
-        ("monochrome1", "original"),
+        ("monochrome1_signed", "original"),
         ("modality_lut", "original"),
-        ("signed", "original"),
         ("bits12_junk", "bits12"),
         ("jpeg2000", "original"),
         ("rle", "original"),
