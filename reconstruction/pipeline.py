@@ -32,8 +32,13 @@ BEAD_DIAMETERS_MM = (0.5, 1.0)
 EXPECTED_MARGIN_PX = 10.0
 #: Smallest matched-filter signal-to-noise ratio of a patient bead.
 MIN_BEAD_SNR = 12.0
-#: Largest ratio of a bead's signal-to-noise ratios in the two views.
+#: Largest ratio of a bead's signal-to-noise ratios in the two views, applied when
+#: the weaker of the two is barely significant (below SURE_BEAD_SNR).
 MAX_SNR_RATIO = 8.0
+#: A bead this significant in both views pairs whatever its SNR ratio: one seen
+#: through soft tissue in one view and through air in the other differs by 30x
+#: and more (audit D3, lumbar spine: SNR 35-47 against 700-1600).
+SURE_BEAD_SNR = 2.5 * MIN_BEAD_SNR
 #: Largest centre uncertainty (Cramér-Rao bound, at the detector) of a reported bead.
 MAX_BEAD_SIGMA_MM = 0.04
 #: Fewest identified cage markers to calibrate a view (DLT needs 6).
@@ -363,7 +368,8 @@ def reconstruct(
         snr_a = _snr(da)[ia]
         snr_b = _snr(db)[ib]
         ratio = np.maximum(snr_a[:, None] / snr_b[None, :], snr_b[None, :] / snr_a[:, None])
-        allowed = ratio <= MAX_SNR_RATIO
+        weaker = np.minimum(snr_a[:, None], snr_b[None, :])
+        allowed = (ratio <= MAX_SNR_RATIO) | (weaker >= SURE_BEAD_SNR)
         matching = match(
             va.geometry,
             da.rc[ia],
