@@ -7,10 +7,10 @@ Two sources of marker positions:
   definitions, so they must agree to rounding, through large patient
   repositioning, hidden beads and the shuffled order of a reconstruction;
 - the reconstruction pipeline on the rendered images: every marker the
-  migration uses must be the right bead (hard), and the issue's accuracy goal
-  (translation <= 20 µm; rotation <= 0.05° for CN <= 60) is measured as a
-  non-strict xfail while the reconstruction does not reach it
-  (docs/benchmarks.md, "Migration (issue 6)").
+  migration uses must be the right bead (hard), and the accuracy is guarded at
+  twice the issue's goal (translation <= 20 µm; rotation <= 0.05° for CN <= 60),
+  which the pipeline does not reach yet on this series (docs/benchmarks.md,
+  "Migration (issue 6)").
 """
 
 from __future__ import annotations
@@ -151,11 +151,17 @@ def test_reconstructed_markers_are_labelled_as_the_right_beads(reconstructed):
     assert checked >= 3, "the reconstruction gave too few markers to label"
 
 
-@pytest.mark.xfail(
-    reason="reconstruction recall/accuracy on the renders not yet enough; see docs/benchmarks.md",
-    strict=False,
-)
-def test_goal_accuracy_on_reconstructed_series(reconstructed):
+def test_accuracy_guard_on_reconstructed_series(reconstructed):
+    """Regression guard at twice the issue's goal, which is NOT yet met here.
+
+    Goal (issue 6): translation <= 20 µm; rotation <= 0.05° where CN <= 60. On
+    this series the pipeline gives 14 µm / 0.038° (double exam) and 25 µm /
+    0.051° (follow-up) at CN 50: the marker noise of the reconstruction (~15–20 µm
+    RMS per bead on the knee) propagates as docs/benchmarks.md, "Migration",
+    shows. The guard catches a regression of the pipeline or of the labelling;
+    the goal itself is tracked in docs/benchmarks.md, not hidden in an xfail.
+    """
+    goal_t_um, goal_r_deg = 20.0, 0.05
     ser, results = reconstructed
     errors = []
     for i in range(1, len(results)):
@@ -167,6 +173,6 @@ def test_goal_accuracy_on_reconstructed_series(reconstructed):
         cn = max(s["condition_number"] or np.inf for s in d["segments"].values())
         errors.append((ser.labels[i], 1000 * et, er, cn))
     for _label, et_um, er_deg, cn in errors:
-        assert et_um <= 20.0, errors
+        assert et_um <= 2 * goal_t_um, errors
         if cn <= 60:
-            assert er_deg <= 0.05, errors
+            assert er_deg <= 2 * goal_r_deg, errors
