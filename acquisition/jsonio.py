@@ -84,8 +84,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and rename."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, cannot write the output file there")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot write the output file: {exc.strerror or exc}") from None
     try:
         # mkstemp makes the file 0600; a result must be readable like any other file.
         umask = os.umask(0)

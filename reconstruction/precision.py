@@ -137,9 +137,10 @@ def precision(migrations: list[dict], *, include_retake: bool = False) -> dict:
             if m["method"] not in methods:
                 methods.append(m["method"])
     if len(used) < 2:
+        why = "".join(f"; migration {e['index'] + 1}: {e['reason']}" for e in excluded)
         raise InputError(
             f"precision needs at least 2 usable double-examination migrations, got {len(used)}"
-            f" of {len(migrations)}"
+            f" of {len(migrations)}{why}"
         )
     tr = np.array([m["motion"]["translation_mm"] for m in used], dtype=float)
     rot = np.array([m["motion"]["rotation_deg"] for m in used], dtype=float)

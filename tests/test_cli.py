@@ -63,3 +63,29 @@ def test_missing_input_file_is_one_line_exit_2(tmp_path):
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "nope.json" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_exit_2(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    out = _run("simulate", "--region", "lower", "--seed", "1", "--out", str(a_file))
+    assert out.returncode == 2 and "file.txt" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    m = tmp_path / "m.json"
+    m.write_text(
+        '{"method": "consistent-marker", "segments": {}, "motion": null,'
+        ' "qc": {"verdict": "retake", "checks": []}}'
+    )
+    out = _run("precision", str(m), "-o", str(tmp_path / "p.json"))
+    assert out.returncode == 2 and "m.json" in out.stderr and "at least 2" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_atomic_write_to_a_folder_is_an_input_error(tmp_path):
+    import pytest
+
+    from acquisition.jsonio import write_json
+    from reconstruction.errors import InputError
+
+    with pytest.raises(InputError, match="is a folder"):
+        write_json(tmp_path, {"a": 1})

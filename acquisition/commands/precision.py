@@ -17,10 +17,18 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from acquisition.jsonio import load_model, write_json
+    from reconstruction.errors import InputError
     from reconstruction.precision import check_migration, precision
 
     migrations = [load_model(p, check_migration, "migration result") for p in args.migrations]
-    result = precision(migrations, include_retake=args.include_retake)
+    try:
+        result = precision(migrations, include_retake=args.include_retake)
+    except InputError as exc:
+        # name the files: "migration N" is the N-th file given
+        msg = str(exc)
+        for i, path in reversed(list(enumerate(args.migrations))):
+            msg = msg.replace(f"migration {i + 1}:", f"{path}:")
+        raise InputError(f"{' '.join(map(str, args.migrations))}: {msg}") from None
     result["inputs"] = [str(p) for p in args.migrations]
     for e in result["excluded"]:
         e["file"] = str(args.migrations[e["index"]])

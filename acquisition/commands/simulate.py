@@ -157,6 +157,10 @@ def write_exam(
     from acquisition.dicom_writer import write_dx_pair
     from acquisition.jsonio import write_json
 
+    if out.exists() and not out.is_dir():
+        from reconstruction.errors import InputError
+
+        raise InputError(f"{out}: exists and is not a folder (--out names the output folder)")
     out.mkdir(parents=True, exist_ok=True)
     patient, study = _study(exam, name)
     write_json(out / "station.json", exam.station)
