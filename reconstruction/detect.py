@@ -336,7 +336,18 @@ def coarse_candidates(
     dr = np.clip(np.nan_to_num(dr), -0.5, 0.5)
     dc = np.clip(np.nan_to_num(dc), -0.5, 0.5)
     rc = np.stack([(r + dr + 0.5) * k - 0.5, (c + dc + 0.5) * k - 0.5], axis=1)
-    return rc[ok], ratio[ok]
+    rc, ratio = rc[ok], ratio[ok]
+    # Ties on a plateau of the band-pass leave two maxima on one marker. Fitted
+    # side by side, each would get only its half of the window (neighbour
+    # masking in fit_markers) and both centres would be pulled apart by up to
+    # half a pixel: keep the stronger of any two closer than the smallest radius.
+    pairs = pairs_within(rc, max(1.0, scale.r_min))
+    if len(pairs):
+        weaker = np.where(ratio[pairs[:, 0]] >= ratio[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
+        keep = np.ones(len(rc), bool)
+        keep[weaker] = False
+        rc, ratio = rc[keep], ratio[keep]
+    return rc, ratio
 
 
 # --------------------------------------------------------------------------- fine
