@@ -11,6 +11,13 @@
     window's measured noise): ratio of RMS error to RMS bound; for beads also
     against the simulator's exact bound for the exam's own noise (truth
     ``crb_px``), the issue's reference.
+    With ``--why``, each bead visible in both views that is not reported is
+    listed with the reason: not detected in a view (and what became of the
+    candidate there: below the coarse threshold, failed the clutter test, the
+    fit's rejection reason), taken for a cage marker, dropped by which patient
+    candidate rule (:func:`reconstruction.pipeline.patient_rules`), or in
+    matching: ambiguous (with the competing pairs' epipolar distances and
+    gates), outside the gate, refused by the SNR ratio, paired wrongly.
 ``speed``
     In-process ``reconstruct`` of a decoded stereo pair (best and median of
     ``--n`` runs), and the ``rsa-station reconstruct`` command on DICOM files
@@ -18,7 +25,7 @@
 
 Usage::
 
-    python -m benchmarks.bench_reconstruct accuracy [--seeds 0-4]
+    python -m benchmarks.bench_reconstruct accuracy [--seeds 0-4] [--why]
     python -m benchmarks.bench_reconstruct speed [--n 10]
 """
 
@@ -114,6 +121,161 @@ def exam_figures(ex, res) -> dict:
     }
 
 
+def _nearest(points: np.ndarray, t: np.ndarray) -> tuple[int, float]:
+    if len(points) == 0:
+        return -1, float("inf")
+    d = np.linalg.norm(np.asarray(points, float).reshape(-1, 2) - t, axis=1)
+    k = int(d.argmin())
+    return k, float(d[k])
+
+
+class _Undetected:
+    """What became of a bead that the detector did not report: re-runs the coarse
+    pass (with the same settings, then without the clutter test and without the
+    threshold) and fits the candidate alone (without its neighbours' masking)."""
+
+    def __init__(self, station, cage, view, image):
+        from reconstruction import detect
+        from reconstruction.pipeline import marker_scale
+
+        self.detect = detect
+        self.scale = marker_scale(station.views[view], cage)
+        self.small = detect.reduced_display(image, self.scale.factor)
+        self.display = detect.full_display(image)
+        k = self.scale.factor
+        self.cand = detect.coarse_candidates(
+            self.small, k, self.scale, 5.0, 3.0, clutter_clip=detect.CLUTTER_CLIP
+        )[0]
+        self.no_clutter = detect.coarse_candidates(self.small, k, self.scale, 5.0, 0.0)
+        self.any_max = detect.coarse_candidates(self.small, k, self.scale, 0.0, 0.0)
+
+    def reason(self, t: np.ndarray) -> str:
+        tol = max(1.5, 0.5 * self.scale.factor)
+        k, d = _nearest(self.cand, t)
+        if d > tol:
+            k2, d2 = _nearest(self.no_clutter[0], t)
+            if d2 <= tol:
+                return f"coarse: fails the clutter test (band-pass {self.no_clutter[1][k2]:.1f})"
+            k3, d3 = _nearest(self.any_max[0], t)
+            if d3 <= tol:
+                return f"coarse: below the threshold (band-pass {self.any_max[1][k3]:.1f} sigma)"
+            return "coarse: no local maximum (merged with a neighbour's)"
+        p, _, chi, noise, _, rms_in = self.detect.fit_markers(
+            self.display, self.cand[k : k + 1], self.scale
+        )
+        snr = p[0, 4] / noise[0] * np.sqrt(np.pi) * max(p[0, 2], p[0, 3])
+        rel = rms_in[0] / max(p[0, 4], 1e-12)
+        return (
+            f"coarse candidate {d:.1f} px off; fitted alone: snr {snr:.0f}, R {p[0, 2]:.1f}, "
+            f"s {p[0, 3]:.2f}, chi {chi[0]:.2f}, resid/A {rel:.2f}, "
+            f"centre {np.linalg.norm(p[0, :2] - t):.2f} px off"
+        )
+
+
+def why_missed(ex, res, station, cage, images) -> list[str]:
+    """One line per bead visible in both views and not reported: why."""
+    from reconstruction.pipeline import _snr, patient_rules
+    from reconstruction.stereo import _physical
+
+    beads = ex.truth["beads"]
+    xyz = np.array([b["xyz_mm"] for b in beads])
+    got = np.array([m.xyz_mm for m in res.markers]).reshape(-1, 3)
+    found = set()
+    if len(got):
+        d = np.linalg.norm(got[:, None] - xyz[None], axis=2)
+        found = set(d.argmin(1)[d.min(1) < 0.5].tolist())
+    rules = {}
+    for v in "AB":
+        vr = res.views[v]
+        rules[v] = patient_rules(
+            vr.detections, vr.geometry, cage, vr.found_det_idx, vr.predicted_rc
+        )
+    undetected = {}
+    m = res.matching
+    lines = []
+    for i, b in enumerate(beads):
+        if not (b["visible"]["A"] and b["visible"]["B"]) or i in found:
+            continue
+
+        def stat(key, v, b=b):
+            x = (b.get(key) or {}).get(v)
+            return float(np.max(x)) if x is not None else float("nan")
+
+        head = (
+            f"    bead {b['id']:>5s} d={b['diameter_mm']:.1f} snr A {stat('snr', 'A'):5.0f}"
+            f" B {stat('snr', 'B'):5.0f} crb A {stat('crb_px', 'A'):.3f}"
+            f" B {stat('crb_px', 'B'):.3f}: "
+        )
+        why, cand = [], {}
+        for v in "AB":
+            vr = res.views[v]
+            det = vr.detections
+            t = np.array(b["image_px"][v])
+            k, dist = _nearest(det.rc, t)
+            if dist > 1.5:
+                if v not in undetected:
+                    undetected[v] = _Undetected(station, cage, v, images[v])
+                kr, dr = _nearest(np.array([r[0] for r in det.rejected]).reshape(-1, 2), t)
+                rej = f"rejected: {det.rejected[kr][1]}" if dr <= 1.5 else undetected[v].reason(t)
+                why.append(
+                    f"not detected in {v} (nearest detection {dist:.1f} px, snr "
+                    f"{_snr(det)[k] if k >= 0 else 0:.0f}; {rej})"
+                )
+                continue
+            failed = [name for name, ok in rules[v].items() if not ok[k]]
+            if failed:
+                sp = float(np.mean(vr.geometry.detector.pixel_spacing_mm))
+                why.append(
+                    f"filtered in {v} by {', '.join(failed)} (snr {_snr(det)[k]:.0f}, sigma "
+                    f"{det.sigma_px[k] * sp * 1000:.0f} µm, R {det.radius_px[k]:.1f}, "
+                    f"s {det.blur_px[k]:.2f})"
+                )
+                continue
+            cand[v] = int(np.flatnonzero(vr.patient_idx == k)[0])
+        if len(cand) == 2 and m is not None and m.distance_px is not None:
+            ka, kb = cand["A"], cand["B"]
+            dist, gate = m.distance_px[ka, kb], m.gate_px[ka, kb]
+            paired_a = [int(p[1]) for p in m.pairs if p[0] == ka]
+            paired_b = [int(p[0]) for p in m.pairs if p[1] == kb]
+            amb = [(vv, n) for vv, k, n in m.ambiguous if (vv, k) in (("A", ka), ("B", kb))]
+            rivals = np.r_[
+                np.flatnonzero(m.edges[ka]).astype(float), np.flatnonzero(m.edges[:, kb])
+            ]
+            if paired_a or paired_b:
+                why.append(f"paired wrongly (A{ka}-B{paired_a}, A{paired_b}-B{kb})")
+            elif amb:
+                comp = [
+                    f"A{ka}-B{j}: {m.distance_px[ka, j]:.2f}/{m.gate_px[ka, j]:.2f}"
+                    for j in np.flatnonzero(m.edges[ka])
+                ] + [
+                    f"A{j}-B{kb}: {m.distance_px[j, kb]:.2f}/{m.gate_px[j, kb]:.2f}"
+                    for j in np.flatnonzero(m.edges[:, kb])
+                    if j != ka
+                ]
+                why.append(
+                    f"ambiguous {amb}: true pair {dist:.2f} px, gate {gate:.2f}; "
+                    f"edges (distance/gate) {'; '.join(comp)}"
+                )
+            elif not m.edges[ka, kb]:
+                da, db = res.views["A"].detections, res.views["B"].detections
+                ia, ib = res.views["A"].patient_idx[ka], res.views["B"].patient_idx[kb]
+                phys = _physical(
+                    res.views["A"].geometry,
+                    da.rc[ia : ia + 1],
+                    res.views["B"].geometry,
+                    db.rc[ib : ib + 1],
+                )[0, 0]
+                why.append(
+                    f"not matched: distance {dist:.2f} px vs gate {gate:.2f} px, physical {phys},"
+                    f" snr {_snr(da)[ia]:.0f}/{_snr(db)[ib]:.0f} (ratio rule), "
+                    f"{len(rivals)} other edges"
+                )
+            else:
+                why.append("matched but reported > 0.5 mm from it")
+        lines.append(head + "; ".join(why))
+    return lines
+
+
 def accuracy(args) -> None:
     from simulator.exam import simulate_exam
 
@@ -127,7 +289,8 @@ def accuracy(args) -> None:
             for seed in _seeds(args.seeds):
                 ex = simulate_exam(region, seed, cage=cage)
                 st, cg = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
-                res = reconstruct(st, cg, {k: f.to_raw_image() for k, f in ex.frames.items()})
+                images = {k: f.to_raw_image() for k, f in ex.frames.items()}
+                res = reconstruct(st, cg, images)
                 f = exam_figures(ex, res)
                 rows.append(f)
                 print(
@@ -138,6 +301,9 @@ def accuracy(args) -> None:
                     f"  {f['bead_true_crb_ratio']:11.2f}  {f['verdict']}",
                     flush=True,
                 )
+                if args.why:
+                    for line in why_missed(ex, res, st, cg, images):
+                        print(line, flush=True)
             rec = statistics.mean(r["recall"] for r in rows)
             rms = statistics.mean(r["rms_um"] for r in rows if np.isfinite(r["rms_um"]))
             worst = max(r["rms_um"] for r in rows)
@@ -213,6 +379,9 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="what", required=True)
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", default="0-2")
+    a.add_argument(
+        "--why", action="store_true", help="say why each bead visible in both views was missed"
+    )
     s = sub.add_parser("speed")
     s.add_argument("--n", type=int, default=10)
     args = ap.parse_args(argv)

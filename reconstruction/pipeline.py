@@ -41,6 +41,28 @@ MAX_SNR_RATIO = 8.0
 SURE_BEAD_SNR = 2.5 * MIN_BEAD_SNR
 #: Largest centre uncertainty (Cramér-Rao bound, at the detector) of a reported bead.
 MAX_BEAD_SIGMA_MM = 0.04
+#: Matching of beads that line up along the epipolar direction (issue 5 recall).
+#: True: the calibrations' epipolar error is propagated from each pose's covariance
+#: (~0.02 px on the simulator's exams, where the true centres' epipolar distance
+#: under the calibrated geometry is 0.012 px RMS) instead of taken as the cage
+#: markers' residual RMS (0.05-0.29 px, mostly their own centre noise), pairs are
+#: gated at EPIPOLAR_GATE_SIGMA of that, and a group of beads sharing candidates is
+#: resolved where one assignment beats every rival pairing by the gate squared in
+#: chi-square (stereo._weigh). Measured (benchmarks/bench_reconstruct.py, seeds
+#: 1-6, 36 exams): 10 more beads visible in both views matched, no new false
+#: marker, but also beads the truth does not count (within 14 px of another
+#: bead's shadow, biased 20-32 µm), which raises the 3D RMS of spine/biplanar
+#: seed 3 from 14.6 to 16.6 µm, over its asserted 15 µm: off until detection
+#: flags centres biased by a neighbouring shadow. False: the earlier matching
+#: (3 sigma, calibration term = residual RMS, shared candidates all ambiguous).
+RESOLVE_LINED_UP_BEADS = False
+#: Gate of a pair's epipolar distance, in standard errors of the two centres and the
+#: two calibrations (with RESOLVE_LINED_UP_BEADS: the centres' bounds underestimate
+#: their real error under texture by up to ~1.8x, hence 4 of the propagated sigma).
+EPIPOLAR_GATE_SIGMA = 4.0 if RESOLVE_LINED_UP_BEADS else 3.0
+#: The cage's manufacturing error as seen in the image (px, one sigma), added to each
+#: cage marker's detection bound (the calibration's own floor, calibrate.calibrate).
+CAGE_FLOOR_PX = 0.03
 #: Fewest identified cage markers to calibrate a view (DLT needs 6).
 MIN_CALIBRATION_MARKERS = 6
 
@@ -124,6 +146,9 @@ class ViewResult:
     found_det_idx: np.ndarray
     patient_idx: np.ndarray  # detections that are candidate patient beads
     marker_residual_px: np.ndarray  # (n_found, 2) measured - predicted
+    pose_model: PoseModel | None = None
+    # covariance (9 x 9, physical units of PoseModel's theta) of the calibrated pose
+    theta_cov: np.ndarray | None = None
 
     @property
     def n_expected(self) -> int:
@@ -203,6 +228,110 @@ def _final_assignment(pred, det: Detections, cand, gate):
     return um[r[ok]], ud[k[ok]]
 
 
+def pose_covariance(
+    model: PoseModel,
+    theta: np.ndarray,
+    xyz: np.ndarray,
+    rc: np.ndarray,
+    sigma_px: np.ndarray,
+    floor_px: float = CAGE_FLOOR_PX,
+) -> np.ndarray:
+    """Covariance of a calibrated pose from its markers (physical units of ``theta``).
+
+    Gauss-Newton: the inverse Fisher information ``(sum J^T J / sigma^2)^-1`` of the
+    markers' reprojections, each marker's uncertainty being its detection bound and
+    the cage's manufacturing floor in quadrature (as in the calibration), scaled up
+    by the reduced chi-square of the residuals when they are larger than that
+    (biased markers, a cage off its stated positions): what the fitted geometry is
+    known to, as opposed to the residual RMS, which is mostly the markers' own noise.
+    """
+    sc = model.scale
+    jac = model.jacobian(theta, xyz, scaled=True)  # (n, 2, 9), per tolerance unit
+    sig = np.sqrt(np.asarray(sigma_px, float) ** 2 + floor_px**2)
+    jw = np.nan_to_num(jac / sig[:, None, None]).reshape(-1, len(sc))
+    fisher = jw.T @ jw
+    resid = np.nan_to_num((rc - model.project(theta, xyz)) / sig[:, None])
+    dof = max(2 * len(xyz) - len(sc), 1)
+    inflate = max(1.0, float(np.sum(resid**2)) / dof)
+    cov = np.linalg.pinv(fisher + 1e-9 * np.eye(len(sc))) * inflate
+    return cov * np.outer(sc, sc)
+
+
+def epipolar_calibration_sigma(
+    va: ViewResult, vb: ViewResult, rc_a: np.ndarray, rc_b: np.ndarray
+) -> np.ndarray:
+    """Standard error (px, nA x nB) of each pair's epipolar distance from the two
+    calibrations: the distance's change along each principal axis of each pose's
+    covariance, one standard deviation each (linear propagation)."""
+    from reconstruction.stereo import epipolar_distances, fundamental_matrix
+
+    var = np.zeros((len(rc_a), len(rc_b)))
+    p_a, p_b = va.geometry.projection_matrix(), vb.geometry.projection_matrix()
+    for vr, first in ((va, True), (vb, False)):
+        lam, vec = np.linalg.eigh(vr.theta_cov)
+        theta = vr.calibration.theta
+        for k in range(len(lam)):
+            step = np.sqrt(max(float(lam[k]), 0.0)) * vec[:, k]
+            d = []
+            for sign in (1.0, -1.0):
+                p = vr.pose_model.view(theta + sign * step).projection_matrix()
+                f = fundamental_matrix(p, p_b) if first else fundamental_matrix(p_a, p)
+                d_b, d_a = epipolar_distances(f, rc_a, rc_b)
+                d.append(np.sqrt(0.5 * (d_a**2 + d_b**2)) * np.sign(d_b))
+            var += (0.5 * (d[0] - d[1])) ** 2
+    return np.sqrt(var)
+
+
+def patient_rules(
+    det: Detections, geometry: ViewGeometry, cage: Cage, cage_det_idx: np.ndarray, pred: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each rule a detection must pass to be a candidate patient bead, by name (bool per
+    detection, True = passes); a candidate passes all of them. Named so that a
+    diagnosis can say which rule dropped a bead (benchmarks/bench_reconstruct.py --why).
+    """
+    xyz = cage.xyz_mm
+    n = len(det)
+    rules: dict[str, np.ndarray] = {}
+    # not a cage marker, not touching any cage marker's shadow (a bead over one is biased)
+    is_cage = np.zeros(n, bool)
+    is_cage[cage_det_idx] = True
+    rules["cage marker"] = ~is_cage
+    shadow_ok = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
+    touching = np.zeros(n, bool)
+    if shadow_ok.any() and n:
+        r_cage = shadow_radii_px(geometry, xyz, cage_diameters(cage))[shadow_ok]
+        d = np.linalg.norm(det.rc[:, None, :] - pred[shadow_ok][None, :, :], axis=2)
+        touching = (
+            d < (r_cage[None, :] + det.radius_px[:, None] + 2 * det.blur_px[:, None] + 1)
+        ).any(axis=1)
+    rules["touches a cage marker's shadow"] = ~touching
+    # Patient beads are spheres of known range of sizes, imaged with the same
+    # blur as the cage markers (the focal spot's penumbra grows with
+    # magnification, hence the wide band): blobs of texture or noise rarely
+    # have both the size and the sharpness of one.
+    blur_ok = np.ones(n, bool)
+    size_ok = np.ones(n, bool)
+    if len(cage_det_idx) >= 3 and n:
+        s_ref = float(np.median(det.blur_px[cage_det_idx]))
+        mag = magnification(geometry, xyz[shadow_ok]) if shadow_ok.any() else np.ones(1)
+        sp = float(np.mean(geometry.detector.pixel_spacing_mm))
+        r_lo = 0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp
+        r_hi = 0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp
+        blur_ok = (det.blur_px >= 0.5 * s_ref) & (det.blur_px <= 2.0 * s_ref + 0.5)
+        size_ok = (det.radius_px >= 0.7 * r_lo) & (det.radius_px <= 1.3 * r_hi)
+    rules["blur unlike the cage markers'"] = blur_ok
+    rules["not a bead's size"] = size_ok
+    # With hundreds of blobs of bone texture and noise in an image, a patient
+    # bead must stand out more than a cage marker, whose position the
+    # identification already predicts: a stricter matched-filter SNR.
+    rules["SNR < MIN_BEAD_SNR"] = _snr(det) >= MIN_BEAD_SNR
+    # a bead whose centre is this uncertain would be placed tens of µm off in
+    # 3D and widens the epipolar gate enough to pair with texture: not reported
+    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
+    rules["centre bound > MAX_BEAD_SIGMA_MM"] = det.sigma_px * sp <= MAX_BEAD_SIGMA_MM
+    return rules
+
+
 def analyse_view(
     name: str, station: Station, cage: Cage, image: RawImage, *, include_beads: bool = True
 ) -> ViewResult:
@@ -252,36 +381,8 @@ def analyse_view(
     )
     residual = det.rc[dk] - pred[mk] if len(mk) else np.zeros((0, 2))
 
-    # patient bead candidates: not a cage marker, not touching any cage marker's shadow
-    is_cage = np.zeros(len(det), bool)
-    is_cage[dk] = True
-    keep = ~is_cage
-    shadow_ok = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
-    if shadow_ok.any() and len(det):
-        r_cage = shadow_radii_px(geometry, xyz, cage_diameters(cage))[shadow_ok]
-        d = np.linalg.norm(det.rc[:, None, :] - pred[shadow_ok][None, :, :], axis=2)
-        touching = d < (r_cage[None, :] + det.radius_px[:, None] + 2 * det.blur_px[:, None] + 1)
-        keep &= ~touching.any(axis=1)
-    # Patient beads are spheres of known range of sizes, imaged with the same
-    # blur as the cage markers (the focal spot's penumbra grows with
-    # magnification, hence the wide band): blobs of texture or noise rarely
-    # have both the size and the sharpness of one.
-    if len(dk) >= 3 and keep.any():
-        s_ref = float(np.median(det.blur_px[dk]))
-        mag = magnification(geometry, xyz[shadow_ok]) if shadow_ok.any() else np.ones(1)
-        sp = float(np.mean(geometry.detector.pixel_spacing_mm))
-        r_lo = 0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp
-        r_hi = 0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp
-        keep &= (det.blur_px >= 0.5 * s_ref) & (det.blur_px <= 2.0 * s_ref + 0.5)
-        keep &= (det.radius_px >= 0.7 * r_lo) & (det.radius_px <= 1.3 * r_hi)
-    # With hundreds of blobs of bone texture and noise in an image, a patient
-    # bead must stand out more than a cage marker, whose position the
-    # identification already predicts: a stricter matched-filter SNR.
-    keep &= _snr(det) >= MIN_BEAD_SNR
-    # a bead whose centre is this uncertain would be placed tens of µm off in
-    # 3D and widens the epipolar gate enough to pair with texture: not reported
-    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
-    keep &= det.sigma_px * sp <= MAX_BEAD_SIGMA_MM
+    rules = patient_rules(det, geometry, cage, dk, pred)
+    keep = np.logical_and.reduce(list(rules.values())) if len(det) else np.zeros(0, bool)
     return ViewResult(
         name=name,
         nominal=nominal,
@@ -295,6 +396,10 @@ def analyse_view(
         found_det_idx=dk,
         patient_idx=np.flatnonzero(keep),
         marker_residual_px=residual,
+        pose_model=model,
+        theta_cov=None
+        if cal is None
+        else pose_covariance(model, cal.theta, xyz[mk], det.rc[dk], det.sigma_px[dk]),
     )
 
 
@@ -311,34 +416,12 @@ def _analyse_views(
         return {v: f.result() for v, f in futures.items()}
 
 
-def reconstruct(
-    station: Station,
-    cage: Cage,
-    images: dict[str, RawImage],
-    limits: QCLimits = DEFAULT_LIMITS,
-) -> ReconstructionResult:
-    """Reconstruct the patient's markers from a stereo pair.
-
-    Parameters
-    ----------
-    station : Station
-        Nominal geometry and tolerances.
-    cage : Cage
-        Calibration cage.
-    images : dict
-        ``{"A": RawImage, "B": RawImage}``.
-    limits : QCLimits
-        QC limits (CONTRACT.md defaults).
-
-    Returns
-    -------
-    ReconstructionResult
-        ``to_dict()`` gives the contract's JSON.
-    """
-    missing = [v for v in VIEW_NAMES if v not in images]
-    if missing:
-        raise InputError(f"images: missing view(s) {', '.join(missing)}")
-    views = _analyse_views(station, cage, images)
+def stereo_markers(
+    views: dict[str, ViewResult],
+) -> tuple[list[Marker], list[dict], Matching | None]:
+    """Match the two views' patient candidates and triangulate them: the markers,
+    the contract's ``ambiguous`` entries and the matching (None when a view is
+    not calibrated)."""
     markers: list[Marker] = []
     ambiguous: list[dict] = []
     matching = None
@@ -346,7 +429,11 @@ def reconstruct(
     if va.calibration is not None and vb.calibration is not None:
         ia, ib = va.patient_idx, vb.patient_idx
         da, db = va.detections, vb.detections
-        cal_px = float(np.hypot(va.calibration.rms_px, vb.calibration.rms_px))
+        if RESOLVE_LINED_UP_BEADS:
+            # the epipolar error of the two calibrated geometries, per pair
+            cal_px = epipolar_calibration_sigma(va, vb, da.rc[ia], db.rc[ib])
+        else:
+            cal_px = float(np.hypot(va.calibration.rms_px, vb.calibration.rms_px))
         # one sphere has one diameter: its two shadows, each divided by its
         # magnification at the triangulated point, must agree
         xyz_all, _ = midpoint(
@@ -378,8 +465,10 @@ def reconstruct(
             db.rc[ib],
             db.sigma_px[ib],
             calibration_px=cal_px,
+            k_sigma=EPIPOLAR_GATE_SIGMA,
             compatible=same,
             allowed=allowed,
+            weigh=RESOLVE_LINED_UP_BEADS,
         )
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]
@@ -402,6 +491,38 @@ def reconstruct(
             ambiguous.append(
                 {"image_px": {view: [float(rc[0]), float(rc[1])]}, "candidates": int(ncand)}
             )
+    return markers, ambiguous, matching
+
+
+def reconstruct(
+    station: Station,
+    cage: Cage,
+    images: dict[str, RawImage],
+    limits: QCLimits = DEFAULT_LIMITS,
+) -> ReconstructionResult:
+    """Reconstruct the patient's markers from a stereo pair.
+
+    Parameters
+    ----------
+    station : Station
+        Nominal geometry and tolerances.
+    cage : Cage
+        Calibration cage.
+    images : dict
+        ``{"A": RawImage, "B": RawImage}``.
+    limits : QCLimits
+        QC limits (CONTRACT.md defaults).
+
+    Returns
+    -------
+    ReconstructionResult
+        ``to_dict()`` gives the contract's JSON.
+    """
+    missing = [v for v in VIEW_NAMES if v not in images]
+    if missing:
+        raise InputError(f"images: missing view(s) {', '.join(missing)}")
+    views = _analyse_views(station, cage, images)
+    markers, ambiguous, matching = stereo_markers(views)
     checks = qc_checks(views, markers, limits)
     return ReconstructionResult(views, markers, ambiguous, checks, matching)
 

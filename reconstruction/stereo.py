@@ -3,11 +3,14 @@
 With both views calibrated, a bead seen at x_A in view A lies in view B on the
 epipolar line ``F x_A``, F being the fundamental matrix of the two projection
 matrices (Hartley & Zisserman 2004, eq. 9.1: ``F = [e']_x P' P^+``). Pairs are
-scored by the symmetric point-to-epipolar-line distance and gated at three
-standard errors of the two centres and the two calibrations. A bead with a
-single candidate whose only candidate it is, is matched; beads in any other
-configuration (several candidates within the gate, as happens when beads line
-up along the epipolar direction) are reported as ambiguous and never guessed.
+scored by the symmetric point-to-epipolar-line distance and gated at ``k``
+standard errors of the two centres and the two calibrations (the latter
+propagated from each calibrated pose's covariance, per pair). A bead with a
+single candidate whose only candidate it is, is matched. Where beads line up
+along the epipolar direction and several pairs share a bead, the most likely
+assignment of that group is taken pair by pair only where every rival pairing
+is ``k^2`` worse in chi-square (see :func:`_weigh`); the other beads are
+reported as ambiguous and never guessed.
 
 A patient who moved between the two exposures shifts every bead across the
 epipolar lines by about the same amount. When the beads agree on such a shift
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reconstruction.geometry import ViewGeometry
-from reconstruction.lightweight import components
+from reconstruction.lightweight import components, linear_sum_assignment
 from reconstruction.triangulate import closest_points
 
 
@@ -77,16 +80,95 @@ class Matching:
         patient; large when the patient moved between the exposures).
     gate_px : ndarray (nA, nB)
         The gate used for each pair.
+    distance_px : ndarray (nA, nB)
+        Symmetric epipolar distance of each pair (px), for diagnosis.
+    edges : ndarray (nA, nB) bool
+        Pairs that were candidates (within the gate and physically possible).
     """
 
     pairs: np.ndarray
     ambiguous: list[tuple[str, int, int]] = field(default_factory=list)
     shift_px: float = 0.0
     gate_px: np.ndarray | None = None
+    distance_px: np.ndarray | None = None
+    edges: np.ndarray | None = None
 
 
-def _resolve(edges: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
-    """Unique pairs from a boolean (nA, nB) compatibility matrix; the rest ambiguous."""
+#: Largest component of the gated-pair graph whose assignments are weighed (larger
+#: ones are texture or a dense cluster: all ambiguous).
+MAX_COMPONENT = 12
+
+
+def _best_assignment(chi2: np.ndarray, edges: np.ndarray, unmatched: float) -> float:
+    """Least total cost of a partial assignment: chi2 per matched pair, ``unmatched``
+    per bead left without a partner (``edges`` says which pairs may be matched)."""
+    n_a, n_b = chi2.shape
+    if n_a == 0 or n_b == 0:
+        return unmatched * (n_a + n_b)
+    big = 1e9
+    c = np.full((n_a + n_b, n_b + n_a), big)
+    c[:n_a, :n_b] = np.where(edges, chi2, big)
+    c[:n_a, n_b:][np.diag_indices(n_a)] = unmatched
+    c[n_a:, :n_b][np.diag_indices(n_b)] = unmatched
+    c[n_a:, n_b:] = 0.0
+    r, k = linear_sum_assignment(c)
+    return float(c[r, k].sum())
+
+
+def _weigh(chi2: np.ndarray, edges: np.ndarray, k_sigma: float) -> list[tuple[int, int]]:
+    """Pairs of one component of the gated-pair graph that no other pairing rivals.
+
+    The most likely partial assignment of the component is taken (chi-square of the
+    epipolar distance per pair, ``k^2 / 2`` per bead left unpaired, so that a pair
+    within the gate is always worth taking). One of its pairs (a, b) is kept only if
+    every assignment that pairs a or b with another bead costs at least ``k^2``
+    more. A wrong pairing can beat the true one by that much only if the true pair
+    lies outside the ``k``-sigma gate (its chi-square above ``k^2``), or if the
+    true partner was not detected at all, when the wrong pair is at best as good
+    as a rival true pair that is still in the graph: two beads near one epipolar
+    plane and nearly equidistant from it stay ambiguous.
+    """
+    n_a, n_b = chi2.shape
+    u = 0.5 * k_sigma**2
+    big = 1e9
+    c = np.full((n_a + n_b, n_b + n_a), big)
+    c[:n_a, :n_b] = np.where(edges, chi2, big)
+    c[:n_a, n_b:][np.diag_indices(n_a)] = u
+    c[n_a:, :n_b][np.diag_indices(n_b)] = u
+    c[n_a:, n_b:] = 0.0
+    r, k = linear_sum_assignment(c)
+    best = float(c[r, k].sum())
+    chosen = [(int(a), int(b)) for a, b in zip(r, k, strict=True) if a < n_a and b < n_b]
+    keep_a = np.ones(n_a, bool)
+    keep_b = np.ones(n_b, bool)
+
+    def forced(a: int, b: int) -> float:
+        """Least cost with (a, b) paired."""
+        keep_a[a] = False
+        keep_b[b] = False
+        rest = _best_assignment(chi2[keep_a][:, keep_b], edges[keep_a][:, keep_b], u)
+        keep_a[a] = True
+        keep_b[b] = True
+        return float(chi2[a, b]) + rest
+
+    kept = []
+    for a, b in chosen:
+        rivals = [forced(a, j) for j in np.flatnonzero(edges[a]) if j != b]
+        rivals += [forced(i, b) for i in np.flatnonzero(edges[:, b]) if i != a]
+        if not rivals or min(rivals) - best >= k_sigma**2:
+            kept.append((a, b))
+    return kept
+
+
+def _resolve(
+    edges: np.ndarray, chi2: np.ndarray | None = None, k_sigma: float = 3.0
+) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Pairs from a boolean (nA, nB) compatibility matrix; the rest ambiguous.
+
+    A bead whose component of the graph is one pair is matched. With ``chi2``
+    (squared epipolar distance in standard errors, per pair), pairs in larger
+    components are weighed (:func:`_weigh`); without it, those are all ambiguous.
+    """
     n_a, n_b = edges.shape
     ia, ib = np.nonzero(edges)
     if len(ia) == 0:
@@ -99,11 +181,19 @@ def _resolve(edges: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]]]
     for a, b in zip(ia, ib, strict=True):
         if comp_size[label[a]] == 2:
             pairs.append((a, b))
+    if chi2 is not None:
+        for c in np.flatnonzero((comp_size > 2) & (comp_size <= MAX_COMPONENT)):
+            As = np.flatnonzero(label[:n_a] == c)
+            Bs = np.flatnonzero(label[n_a:] == c)
+            sub = np.ix_(As, Bs)
+            pairs += [(As[a], Bs[b]) for a, b in _weigh(chi2[sub], edges[sub], k_sigma)]
+    paired_a = {a for a, _ in pairs}
+    paired_b = {b for _, b in pairs}
     for a in range(n_a):
-        if deg_a[a] and comp_size[label[a]] > 2:
+        if deg_a[a] and comp_size[label[a]] > 2 and a not in paired_a:
             amb.append(("A", a, int(deg_a[a])))
     for b in range(n_b):
-        if deg_b[b] and comp_size[label[n_a + b]] > 2:
+        if deg_b[b] and comp_size[label[n_a + b]] > 2 and b not in paired_b:
             amb.append(("B", b, int(deg_b[b])))
     return np.array(pairs, int).reshape(-1, 2), amb
 
@@ -120,6 +210,7 @@ def match(
     max_shift_px: float = 30.0,
     compatible: np.ndarray | None = None,
     allowed: np.ndarray | None = None,
+    weigh: bool = True,
 ) -> Matching:
     """Match beads between views.
 
@@ -131,8 +222,9 @@ def match(
         Patient bead candidates (cage markers already removed).
     sigma_a, sigma_b : ndarray (n,)
         Centre standard errors per axis (px).
-    calibration_px : float
-        Epipolar error from the two calibrations (px, one sigma).
+    calibration_px : float or ndarray (nA, nB)
+        Epipolar error from the two calibrations (px, one sigma), per pair or one
+        for all.
     k_sigma : float
         Gate in standard errors.
     max_shift_px : float
@@ -142,6 +234,10 @@ def match(
         required of the pairs voting for a motion.
     allowed : ndarray (nA, nB) bool, optional
         Pairs that may be matched at all.
+    weigh : bool
+        Resolve groups of beads that share candidates by the most likely
+        assignment where no rival is within ``k^2`` of it (:func:`_weigh`);
+        otherwise every bead of such a group is ambiguous.
     """
     n_a, n_b = len(rc_a), len(rc_b)
     if n_a == 0 or n_b == 0:
@@ -159,7 +255,7 @@ def match(
     # bead's fitted radius can be off (radius and blur trade off at low SNR)
     sized = phys if compatible is None else phys & compatible
     edges = (sym <= gate) & phys
-    pairs, amb = _resolve(edges)
+    pairs, amb = _resolve(edges, (sym / sig) ** 2 if weigh else None, k_sigma)
 
     # motion between the exposures: a common signed shift across the epipolar lines
     near = sized & (np.abs(d_b) <= max_shift_px)
@@ -182,5 +278,5 @@ def match(
             moved = (np.abs(d_b - shift) <= w) & sized
             m_pairs, m_amb = _resolve(moved)
             if len(m_pairs) > len(pairs):
-                return Matching(m_pairs, m_amb, shift, w)
-    return Matching(pairs, amb, 0.0, gate)
+                return Matching(m_pairs, m_amb, shift, w, np.abs(d_b - shift), moved)
+    return Matching(pairs, amb, 0.0, gate, sym, edges)
