@@ -686,7 +686,46 @@ def _axes(v, fmt):
 
 def print_bound(out: dict) -> None:
     _print_bound_rows(out)
+    print()
+    print_bound_table(out)
     print(json.dumps(out["summary"], indent=1))
+
+
+def print_bound_table(out: dict) -> None:
+    """The budget as a Markdown table: actual error against the bounds, per exam pair.
+
+    Translation: largest axis of the actual error, and the SD of the worst
+    axis at the bound; rotation likewise. "ideal" is the LS bound with the
+    beads used plus every bead visible (issue's rule) in both views of both
+    exams. P: probability of meeting the issue's goal at the LS bound.
+    """
+    print(
+        "| series | exam | markers ref/mov (ideal) | CN ref/mov | t error max (µm) |"
+        " t SD LS / CRB / ideal (µm) | r error max (°) | r SD LS / CRB / ideal (°) |"
+        " P goal LS / ideal | marker error / bound |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in out["rows"]:
+        segs = list(r["segments"].values())
+        u, e = r.get("bound_used"), r.get("bound_every")
+        cn = "/".join("inf" if s["cn"] is None else f"{s['cn']:.0f}" for s in segs)
+        n = f"{segs[0]['n']}/{segs[1]['n']} ({segs[0]['n_ideal']}/{segs[1]['n_ideal']})"
+        if "err_t_um" not in r or u is None:
+            print(
+                f"| {r['region']} {r['seed']} | {r['exam']} | {n} | {cn} | - | - | - | - | - | - |"
+            )
+            continue
+        et = max(abs(x) for x in r["err_t_um"])
+        er = max(abs(x) for x in r["err_r_deg"])
+        ideal_t = f"{max(e['ls_sd_t_um']):.1f}" if e else "-"
+        ideal_r = f"{max(e['ls_sd_r_deg']):.3f}" if e else "-"
+        p_ideal = f"{e['p_goal_ls']:.2f}" if e else "-"
+        print(
+            f"| {r['region']} {r['seed']} | {r['exam']} | {n} | {cn} | {et:.1f} |"
+            f" {max(u['ls_sd_t_um']):.1f} / {max(u['crb_sd_t_um']):.1f} / {ideal_t} |"
+            f" {er:.3f} | {max(u['ls_sd_r_deg']):.3f} / {max(u['crb_sd_r_deg']):.3f} /"
+            f" {ideal_r} | {u['p_goal_ls']:.2f} / {p_ideal} | {u['marker_chi_rms']:.1f} |"
+        )
 
 
 def _print_bound_rows(out: dict) -> None:
