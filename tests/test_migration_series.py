@@ -158,8 +158,11 @@ def test_accuracy_guard_on_reconstructed_series(reconstructed):
     this series the pipeline gives 14 µm / 0.038° (double exam) and 25 µm /
     0.051° (follow-up) at CN 50: the marker noise of the reconstruction (~15–20 µm
     RMS per bead on the knee) propagates as docs/benchmarks.md, "Migration",
-    shows. The guard catches a regression of the pipeline or of the labelling;
-    the goal itself is tracked in docs/benchmarks.md, not hidden in an xfail.
+    shows. Even with every marker at its Cramér-Rao bound the SD on this
+    series' worst axes would be 24 µm and 0.045° (``bench_migration bound``),
+    so the goal cannot be a hard test of this series. The guard catches a
+    regression of the pipeline or of the labelling; the goal itself is tracked
+    in docs/benchmarks.md, not hidden in an xfail.
     """
     goal_t_um, goal_r_deg = 20.0, 0.05
     ser, results = reconstructed
@@ -176,3 +179,51 @@ def test_accuracy_guard_on_reconstructed_series(reconstructed):
         assert et_um <= 2 * goal_t_um, errors
         if cn <= 60:
             assert er_deg <= 2 * goal_r_deg, errors
+
+
+def test_migration_adds_no_error_beyond_its_markers(reconstructed):
+    """The migration's error is its markers' error, propagated, and nothing else.
+
+    The actual error of each reconstructed marker (against its true bead),
+    carried through the first-order derivative of the contract's migration
+    (fits of the markers used, relative motion, centroid of the segment file),
+    must give the actual migration error: a wrong reference frame or point, a
+    wrong bead or a marker dropped would add error these markers do not
+    explain.
+    """
+    from benchmarks.bench_migration import _ls_covariance
+
+    ser, results = reconstructed
+    exams, segments = ser
+    ids = _bead_ids(exams[0], segments)
+    ref_s, mov_s = segments["reference_segment"], segments["moving_segment"]
+    listed = np.asarray(segments["segments"][mov_s], float)
+    for i in range(1, len(results)):
+        d = migrate(segments, results[0], results[i]).to_dict()
+        truth = ser.migrations[ser.labels[i]]
+        true_xyz = [{b["id"]: np.asarray(b["xyz_mm"]) for b in e.truth["beads"]} for e in exams]
+        rec = [{m["id"]: np.asarray(m["xyz_mm"]) for m in r["markers"]} for r in results]
+        sets, errs = [], []
+        for seg in (ref_s, mov_s):
+            s = d["segments"][seg]
+            use = [
+                j
+                for j, (a, b) in enumerate(zip(s["reference_ids"], s["followup_ids"], strict=True))
+                if a is not None and b is not None
+            ]
+            assert s["excluded"] == []
+            for k, key in ((0, "reference_ids"), (i, "followup_ids")):
+                t = np.array([true_xyz[k][ids[seg][j]] for j in use])
+                sets.append(t)
+                errs.append(np.array([rec[k][s[key][j]] for j in use]) - t)
+        covs = [[np.eye(3)] * len(x) for x in sets]
+        _, jac = _ls_covariance(listed, sets, covs)
+        predicted = jac @ np.concatenate([e.ravel() for e in errs])
+        actual = np.r_[
+            np.subtract(d["motion"]["translation_mm"], truth["translation_mm"]),
+            np.subtract(d["motion"]["rotation_deg"], truth["rotation_deg"]),
+        ]
+        # Second-order terms of 10-30 µm marker errors: under 0.5 µm / 0.001° on
+        # the 36 pairs of bench_migration bound; 2 µm / 0.002° leaves a margin.
+        np.testing.assert_allclose(actual[:3], predicted[:3], atol=2e-3)
+        np.testing.assert_allclose(actual[3:], predicted[3:], atol=2e-3)
