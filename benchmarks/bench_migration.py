@@ -647,6 +647,29 @@ def bound(regions, seeds, full_resolution=True, cache=None, mc=0) -> dict:
             "ls_t_share_ref_median": float(
                 np.median([r["bound_used"]["ls_t_share_ref"] for r in sel])
             ),
+            "max_actual_minus_linearised_t_um": max(
+                abs(a - x)
+                for r in sel
+                for a, x in zip(r["err_t_um"], r["bound_used"]["linearised_err_t_um"], strict=True)
+            ),
+            "max_actual_minus_linearised_r_deg": max(
+                abs(a - x)
+                for r in sel
+                for a, x in zip(
+                    r["err_r_deg"], r["bound_used"]["linearised_err_r_deg"], strict=True
+                )
+            ),
+            "crb_over_ls_worst_axis_t": [
+                float(
+                    np.min(
+                        q := [
+                            max(r["bound_used"]["crb_sd_t_um"]) / w
+                            for r, w in zip(sel, worst, strict=True)
+                        ]
+                    )
+                ),
+                float(np.max(q)),
+            ],
             "marker_err_over_bound_rms_median": float(
                 np.median([r["bound_used"]["marker_chi_rms"] for r in sel])
             ),
