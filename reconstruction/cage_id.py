@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reconstruction.calibrate import N_PARAMS, PoseModel, casts_shadow, inside_image
-from reconstruction.lightweight import linear_sum_assignment, neighbours_within
+from reconstruction.lightweight import linear_sum_assignment
 
 _BIG = 1e9
 
@@ -69,11 +69,21 @@ class _Linear:
 
     def __init__(self, model: PoseModel, xyz: np.ndarray, x0: np.ndarray):
         self.x0 = x0
-        self.p0 = model.project(x0 * model.scale, xyz)
-        self.jac = model.jacobian(x0 * model.scale, xyz, scaled=True)
+        # the point and its central differences in one batched projection
+        # (the same steps and values as PoseModel.project and .jacobian)
+        sc = model.scale
+        theta = x0 * sc
+        steps = 1e-3 * sc
+        thetas = np.concatenate([theta[None], theta + np.diag(steps), theta - np.diag(steps)])
+        pr = model.project_many(thetas, xyz)
+        self.p0 = pr[0]
+        jac = (pr[1 : 1 + N_PARAMS] - pr[1 + N_PARAMS :]) / (2 * steps)[:, None, None]
+        self.jac = (jac * sc[:, None, None]).transpose(1, 2, 0)
+        # (2n, 9): row then column derivative of each marker, for matrix products
+        self.jac2 = np.ascontiguousarray(self.jac.reshape(-1, N_PARAMS))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.p0 + self.jac @ (x - self.x0)
+        return self.p0 + (self.jac2 @ (x - self.x0)).reshape(-1, 2)
 
 
 def _fit(lin: _Linear, mk: np.ndarray, dets: np.ndarray, sigma: float):
@@ -83,19 +93,29 @@ def _fit(lin: _Linear, mk: np.ndarray, dets: np.ndarray, sigma: float):
     """
     j = lin.jac[mk].reshape(-1, N_PARAMS) / sigma
     r = (dets - lin.p0[mk]).reshape(-1) / sigma
-    h = j.T @ j + np.eye(N_PARAMS)
-    dx = np.linalg.solve(h, j.T @ r - lin.x0)
-    return lin.x0 + dx, np.linalg.inv(h)
+    cov = np.linalg.inv(j.T @ j + np.eye(N_PARAMS))
+    return lin.x0 + cov @ (j.T @ r - lin.x0), cov
 
 
 def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
     """Per-marker gate radius: k sigma of the prediction's largest axis plus a floor."""
-    jc = np.einsum("nij,jk->nik", lin.jac, cov)
-    g = np.einsum("nik,nlk->nil", jc, lin.jac)
-    tr = g[:, 0, 0] + g[:, 1, 1]
-    det = g[:, 0, 0] * g[:, 1, 1] - g[:, 0, 1] ** 2
+    jc = (lin.jac2 @ cov).reshape(-1, 2, N_PARAMS)
+    g00 = np.einsum("nk,nk->n", jc[:, 0], lin.jac[:, 0])
+    g11 = np.einsum("nk,nk->n", jc[:, 1], lin.jac[:, 1])
+    g01 = np.einsum("nk,nk->n", jc[:, 0], lin.jac[:, 1])
+    tr = g00 + g11
+    det = g00 * g11 - g01**2
     lmax = 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0))
     return k * np.sqrt(lmax) + floor
+
+
+def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances between the rows of a (n, 2) and b (m, 2), shape (n, m).
+
+    Brute force: a few hundred points, and far fewer array operations than a
+    general neighbour search (the real-time check runs this a dozen times).
+    """
+    return np.square(a[:, 0, None] - b[None, :, 0]) + np.square(a[:, 1, None] - b[None, :, 1])
 
 
 def _pairs(tree, det_n, pred, gate, active):
@@ -107,7 +127,7 @@ def _pairs(tree, det_n, pred, gate, active):
     act = np.flatnonzero(active & np.all(np.isfinite(pred), axis=1))
     if len(act) == 0 or det_n == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    qi, pi, _ = neighbours_within(pred[act], tree, gate[act])
+    qi, pi = np.nonzero(_sq_dist(pred[act], tree) <= np.square(gate[act])[:, None])
     return act[qi], pi
 
 
@@ -119,6 +139,10 @@ def _assign(pred, gate, active, tree, det_rc, radius_ok):
         rows, cols = rows[keep], cols[keep]
     if len(rows) == 0:
         return np.zeros(0, int), np.zeros(0, int)
+    # no marker with two blobs in its gate and no blob in two gates (the usual
+    # case): the assignment is those pairs, as linear_sum_assignment would find
+    if len(np.unique(rows)) == len(rows) and len(np.unique(cols)) == len(cols):
+        return rows, cols
     um, ri = np.unique(rows, return_inverse=True)
     ud, ci = np.unique(cols, return_inverse=True)
     cost = np.full((len(um), len(ud)), _BIG)
@@ -245,7 +269,8 @@ def _solve(ctx, first_choice: int):
         if len(pm) < 3:
             break
         off = det_rc[pd] - pred[pm]
-        _, counts = np.unique(neighbours_within(off, off, bandwidth)[0], return_counts=True)
+        # offsets within the bandwidth of each offset (itself included)
+        counts = np.count_nonzero(_sq_dist(off, off) <= bandwidth**2, axis=1)
         # expected count from pairs scattered at random over the search discs
         area = np.pi * np.mean(gate[todo] ** 2)
         background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)

@@ -75,6 +75,74 @@ def test_unrelated_image_finds_nothing_and_fails():
     assert not res.passed and res.found <= 2
 
 
+def test_reduction_by_powers_of_two_reads_the_frame_as_reduced_display_does():
+    """2 x 2 steps in bands of rows: the area mean of detect.reduced_display up to the
+    integer rounding of each step; bits above BitsStored cleared, LUT and inversion kept."""
+    from reconstruction.cage_detect import reduced_display_pow2
+    from reconstruction.detect import reduced_display
+    from reconstruction.image import RawImage
+
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, 1 << 14, size=(2397, 1999), dtype=np.uint16)
+    for image in (
+        RawImage(px, "MONOCHROME2", 14),
+        RawImage(px | np.uint16(0xC000), "MONOCHROME1", 14, 2.0, -5.0),  # garbage high bits
+    ):
+        for k in (1, 2, 4, 8):
+            got = reduced_display_pow2(image, k)
+            ref = reduced_display(image, k)
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            # each 2 x 2 step rounds to a stored unit: < 1 unit (x slope) in all
+            assert np.max(np.abs(got - ref)) <= 2.0 * (1 if k > 2 else 0) + 1e-3
+    with pytest.raises(ValueError):
+        reduced_display_pow2(RawImage(px), 3)
+
+
+def test_sparse_nonzero_is_find_non_zero():
+    import cv2
+
+    from reconstruction.cage_detect import _sparse_nonzero
+
+    rng = np.random.default_rng(0)
+    for shape in ((600, 500), (601, 499), (7, 3)):
+        m = ((rng.random(shape) < 0.02) * 255).astype(np.uint8)
+        m[-1, -1] = 255  # a pixel in the tail after the last whole 8-byte word
+        r, c = _sparse_nonzero(m)
+        nz = cv2.findNonZero(m).reshape(-1, 2)
+        assert np.array_equal(r, nz[:, 1]) and np.array_equal(c, nz[:, 0])
+    r, c = _sparse_nonzero(np.zeros((9, 9), np.uint8))
+    assert len(r) == len(c) == 0
+
+
+def test_cage_marker_centres_are_refined_to_a_fraction_of_a_pixel():
+    """Candidates on the image reduced by 4, re-centred by the disc centroid at full
+    resolution, both photometric interpretations."""
+    from test_detect_synthetic import as_raw, render_beads
+
+    from reconstruction.cage_detect import (
+        cage_candidates,
+        pow2_factor,
+        reduced_display_pow2,
+        refine_centres,
+    )
+    from reconstruction.detect import MarkerScale
+
+    rng = np.random.default_rng(5)
+    g = np.stack(np.meshgrid(np.arange(150, 2300, 160), np.arange(150, 1900, 160)), -1)
+    true_rc = g.reshape(-1, 2) + rng.uniform(-0.5, 0.5, (g.size // 2, 2))
+    counts, _ = render_beads((2400, 2000), true_rc, np.full(len(true_rc), 3.8), seed=2)
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        raw = as_raw(counts, photometric)
+        scale = MarkerScale(0.8 * 3.8, 1.2 * 3.8)
+        k = pow2_factor(scale)
+        assert k == 4
+        rc, _ = cage_candidates(reduced_display_pow2(raw, k), k, scale)
+        fine = refine_centres(raw, rc, scale)
+        d = np.linalg.norm(true_rc[:, None] - fine[None], axis=2)
+        assert np.all(d.min(axis=1) < 0.25), "every marker found and centred"
+        assert np.median(d.min(axis=1)) < 0.12
+
+
 simulator = pytest.importorskip("simulator.exam")
 
 
@@ -163,7 +231,10 @@ def test_command_errors_are_one_line(sim_files, tmp_path):
 
 
 def test_check_is_fast_enough_for_real_time(sim_files):
-    """Generous guard only (shared, loaded machine); the figure is in docs/benchmarks.md."""
+    """Guard at 4x the 10 ms target: generous for a loaded 2-core machine (the check
+    takes 5-8 ms of CPU there, the figure is in docs/benchmarks.md) but it fails if
+    the check falls back to, say, full-resolution processing (~100 ms and more).
+    CPU time of the whole process (OpenCV's threads included), best of 7."""
     from acquisition.dicom_reader import read_raw_image
     from reconstruction.geometry import Station
 
@@ -171,10 +242,12 @@ def test_check_is_fast_enough_for_real_time(sim_files):
     cage = Cage.from_dict(json.loads((sim_files / "cage.json").read_text()))
     image = read_raw_image(sim_files / "A.dcm")
     cage_check(station, cage, "A", image)
-    t0 = time.process_time()
-    for _ in range(5):
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.process_time()
         cage_check(station, cage, "A", image)
-    assert (time.process_time() - t0) / 5 < 0.1
+        best = min(best, time.process_time() - t0)
+    assert best < 0.040, f"cage check took {1e3 * best:.1f} ms of CPU"
 
 
 def test_overlay_legend_lines_do_not_overlap():
