@@ -85,7 +85,11 @@ def reduced_display_pow2(image: RawImage, k: int) -> np.ndarray:
     if np.issubdtype(px.dtype, np.unsignedinteger) and image.bits_stored < px.dtype.itemsize * 8:
         limit = np.array((1 << image.bits_stored) - 1, dtype=px.dtype)
     if px.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
-        px = px.astype(np.float32)
+        # a type OpenCV does not reduce (wider integers, another byte order):
+        # cleared and converted whole, as reduced_display does
+        if limit is not None and px.max() > limit:
+            px = px & limit
+        px, limit = px.astype(np.float32), None
     # bands of about 1 MB of stored pixels, a whole number of k-row blocks
     step = k * max(1, (1 << 20) // (cols * px.dtype.itemsize * k))
     out = np.empty((rows // k, cols // k), px.dtype)
