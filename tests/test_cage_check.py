@@ -234,8 +234,8 @@ def test_command_errors_are_one_line(sim_files, tmp_path):
 
 def test_check_is_fast_enough_for_real_time(sim_files):
     """Guard at 4x the 10 ms target: generous for a loaded 2-core machine (the check
-    takes 5-8 ms of CPU there, the figure is in docs/benchmarks.md) but it fails if
-    the check falls back to, say, full-resolution processing (~100 ms and more).
+    takes 6-12 ms of CPU there, the figures are in docs/benchmarks.md) but it fails
+    if the check falls back to, say, full-resolution processing (~100 ms and more).
     CPU time of the whole process (OpenCV's threads included), best of 7."""
     from acquisition.dicom_reader import read_raw_image
     from reconstruction.geometry import Station
