@@ -1,6 +1,6 @@
 """Migration: labelling robustness, speed, and accuracy on simulated exam series.
 
-Three parts (docs/benchmarks.md, "Migration (issue 6)"):
+Three parts and an error budget (docs/benchmarks.md, "Migration (issue 6)"):
 
 ``labelling``
     Random bone (8 beads) + implant (6 beads) cases: 10% of beads hidden in
@@ -13,17 +13,30 @@ Three parts (docs/benchmarks.md, "Migration (issue 6)"):
     ``--source truth`` takes each exam's true bead positions (beads visible in
     both views) plus Gaussian noise (``--noise`` mm per coordinate);
     ``--source images`` reconstructs each exam from its rendered images with
-    ``reconstruction.pipeline.reconstruct`` (slow). Prints, per follow-up and
-    double exam, CN and ME of both segments and the error of translation
-    (largest axis, µm) and rotation (largest axis, degrees) against the truth;
-    the summary checks the issue's targets (<= 20 µm; <= 0.05° where the
-    largest CN <= 60) and gives the double-exam precision.
+    ``reconstruction.pipeline.reconstruct`` (slow). Prints the error against
+    CN of every segment as a Markdown table: per segment of each follow-up
+    and double exam, its markers, CN and ME, and the pair's error of
+    translation (largest axis, µm) and rotation (largest axis, degrees)
+    against the truth; the summary checks the issue's targets (<= 20 µm;
+    <= 0.05° where the largest CN <= 60) and gives the double-exam precision.
+``bound``
+    The error budget of the reconstructed series: each bead's 3D Cramér-Rao
+    bound (from the simulator's per-bead 2D bounds of both views) propagated
+    through the migration (this code's fits, and the bound of any unbiased
+    estimator), with the markers used and with ideal recall, against the
+    actual error per exam pair; which beads the actual error comes from.
 
 Usage::
 
     python -m benchmarks.bench_migration labelling [--n 500]
     python -m benchmarks.bench_migration series --source truth --seeds 0-9 [--noise 0.015]
-    python -m benchmarks.bench_migration series --source images --regions lower --seeds 0-1
+    python -m benchmarks.bench_migration series --source images \
+        --regions lower,spine,upper --seeds 0-3 --cache DIR
+    python -m benchmarks.bench_migration bound --regions lower,spine,upper \
+        --seeds 0-3 --cache DIR [--mc 300]
+
+``--cache DIR`` keeps each exam's reconstruction result (JSON) and reuses it:
+delete it when the reconstruction changes.
 """
 
 from __future__ import annotations
