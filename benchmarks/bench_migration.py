@@ -30,9 +30,9 @@ Usage::
 
     python -m benchmarks.bench_migration labelling [--n 500]
     python -m benchmarks.bench_migration series --source truth --seeds 0-9 [--noise 0.015]
-    python -m benchmarks.bench_migration series --source images \
+    python -m benchmarks.bench_migration series --source images
         --regions lower,spine,upper --seeds 0-3 --cache DIR
-    python -m benchmarks.bench_migration bound --regions lower,spine,upper \
+    python -m benchmarks.bench_migration bound --regions lower,spine,upper
         --seeds 0-3 --cache DIR [--mc 300]
 
 ``--cache DIR`` keeps each exam's reconstruction result (JSON) and reuses it:
