@@ -337,3 +337,66 @@ class _approx:
 
     def __repr__(self) -> str:
         return f"{self.expected} ± {self.tol}"
+
+
+# ------------------------------------------------------------- migration math
+# CONTRACT.md "Migration result", re-derived with plain numpy (and scipy's as_euler,
+# which the contract names), never from the code under test.
+
+
+def rigid_fit(p, q) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares rigid motion ``(R, t)`` with ``q_i ≈ R p_i + t`` (SVD, Kabsch;
+    Söderkvist & Wedin 1993), a proper rotation (det R = +1)."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    pc, qc = p.mean(axis=0), q.mean(axis=0)
+    u, _, vt = np.linalg.svd((p - pc).T @ (q - qc))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return r, qc - r @ pc
+
+
+def mean_error(r: np.ndarray, t: np.ndarray, p, q) -> float:
+    """ME: ``mean_i |R p_i + t - q_i|``."""
+    return float(np.linalg.norm(np.asarray(p) @ r.T + t - np.asarray(q), axis=1).mean())
+
+
+def condition_number(p) -> float:
+    """CN: ``1000 / sqrt(σ2² + σ3²)`` of the n x 3 matrix of ``p`` centred on its mean."""
+    p = np.asarray(p, float)
+    sv = np.linalg.svd(p - p.mean(axis=0), compute_uv=False)
+    return float(1000.0 / np.hypot(sv[1], sv[2]))
+
+
+def euler_xyz_deg(r: np.ndarray) -> np.ndarray:
+    """R as rotations about the fixed x, then y, then z axes (the contract's convention)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(r).as_euler("xyz", degrees=True)
+
+
+def contract_motion(ref_p, ref_q, mov_p, mov_q, template) -> dict[str, Any]:
+    """The contract's motion from matched marker positions.
+
+    ``ref_p``/``ref_q``: the reference segment's markers in the reference and the
+    follow-up exam (row i of one is row i of the other); ``mov_p``/``mov_q`` the
+    moving segment's; ``template``: the moving segment's markers as listed in the
+    segment file. The follow-up is brought onto the reference segment by its rigid
+    fit, then ``(R, t)`` is the moving segment's rigid fit from the reference exam to
+    that corrected follow-up. Returns R, t, translation_mm (``R c + t - c``, c the
+    template's centroid), rotation_deg, displacement_mm (``R p + t - p`` of each
+    template marker) and mtpm_mm (the largest of their lengths).
+    """
+    r_ref, t_ref = rigid_fit(ref_p, ref_q)
+    mov_q_on_ref = (np.asarray(mov_q, float) - t_ref) @ r_ref  # R_ref^T (q - t_ref)
+    r, t = rigid_fit(mov_p, mov_q_on_ref)
+    template = np.asarray(template, float)
+    c = template.mean(axis=0)
+    disp = template @ r.T + t - template
+    return {
+        "R": r,
+        "t": t,
+        "translation_mm": r @ c + t - c,
+        "rotation_deg": euler_xyz_deg(r),
+        "displacement_mm": disp,
+        "mtpm_mm": float(np.linalg.norm(disp, axis=1).max()),
+    }

@@ -411,7 +411,103 @@ def _definition(series: Path) -> dict:
     return load(series / "segments.json")
 
 
+# Gross sanity bounds against the simulator's truth (a wrong labelling, frame, axis
+# order or sign is far outside them; marker error is far inside): see the docstring.
+GROSS_TRANSLATION_MM, GROSS_ROTATION_DEG, GROSS_MTPM_MM = 0.25, 0.5, 0.25
+SAME_BEAD_MM = 0.3  # a reported marker and the true bead it is taken to be
+SEGMENT_FILE_MM = 0.5  # CONTRACT.md: segment-file positions are within 0.5 mm
+EXACT = 1e-6  # the command's numbers against the contract's definitions
+
+
+def _used_markers(d: dict, definition: dict, results: dict) -> dict[str, list]:
+    """Per segment, the rows ``(segment-file index, reference id, follow-up id)`` the
+    consistent-marker fit used: labelled in both exams and not excluded as loose.
+
+    Read from the per-segment ``reference_ids``/``followup_ids``/``excluded`` the
+    project writes next to the contract's keys (extra keys are welcome; without them
+    the fits could not be audited from the outside, so their absence fails here)."""
+    ids = {label: {m["id"] for m in r["markers"]} for label, r in results.items()}
+    used: dict[str, list] = {}
+    seen: dict[str, set] = {"reference": set(), "followup-1": set()}
+    for name, template in definition["segments"].items():
+        s = d["segments"][name]
+        for k in ("reference_ids", "followup_ids", "excluded"):
+            assert k in s, f"segment {name}: no {k!r}, the labelling cannot be audited"
+        assert len(s["reference_ids"]) == len(s["followup_ids"]) == len(template), name
+        loose = {e["marker"] for e in s["excluded"]}
+        rows = []
+        for i, (a, b) in enumerate(zip(s["reference_ids"], s["followup_ids"], strict=True)):
+            for label, mid in (("reference", a), ("followup-1", b)):
+                if mid is not None:
+                    assert mid in ids[label], f"{name}[{i}]: {mid} is not a {label} marker"
+                    assert mid not in seen[label], f"{label} marker {mid} labelled twice"
+                    seen[label].add(mid)
+            if a is not None and b is not None and i not in loose:
+                rows.append((i, a, b))
+        assert s["markers_matched"] == len(rows), (name, s["markers_matched"], rows)
+        used[name] = rows
+    return used
+
+
+def _xyz(result: dict, ids) -> np.ndarray:
+    by_id = {m["id"]: m["xyz_mm"] for m in result["markers"]}
+    return np.array([by_id[i] for i in ids], float)
+
+
+def _nearest_beads(truth: dict, xyz: np.ndarray) -> tuple[list[dict], np.ndarray]:
+    """The true bead nearest each point, and its distance."""
+    beads = truth["beads"]
+    true = np.array([b["xyz_mm"] for b in beads], float)
+    dist = np.linalg.norm(xyz[:, None, :] - true[None, :, :], axis=2)
+    j = dist.argmin(axis=1)
+    return [beads[k] for k in j], dist[np.arange(len(j)), j]
+
+
+def _motion_vector(m: dict) -> np.ndarray:
+    """translation (3), rotation (3), each segment-file marker's displacement (3 each)."""
+    return np.concatenate([m["translation_mm"], m["rotation_deg"], np.ravel(m["displacement_mm"])])
+
+
 def test_migrate_on_the_simulated_series(series, results, tmp_path):
+    """``migrate`` on real pipeline output applies the contract's definitions exactly,
+    and all of its remaining error against the simulator's truth is marker error.
+
+    Why not "within 0.05 mm of the truth": that is the accuracy of one patient's
+    pair, not a contract property. In this pair (knee, seed 3, follow-up 1) the
+    tibial component has 4 markers found in both exams (CN ~50) and the tibia 5
+    (CN ~96). ``python -m benchmarks.bench_migration bound`` (docs/benchmarks.md,
+    "Migration (issue 6)") shows that even with every marker at its Cramér-Rao bound
+    the SD of such a knee pair's worst translation axis is ~24 µm; the
+    reconstruction's markers are 1.3-1.5x their bound, and over 12 simulated patients
+    the same pipeline gives 5-95 µm translation errors. This very pair gave 31-35 µm
+    with one bead-centre model and 74-80 µm with the next, better one: a 50 µm bound
+    passed or failed by the luck of a few beads' noise. So instead:
+
+    1. Exact (to 1e-6): from the two result files and the markers the command says
+       it used (per-segment ``reference_ids``/``followup_ids``/``excluded``), each
+       segment's rigid fit, ME and CN and the motion (follow-up brought onto the
+       reference segment; ``R c + t - c`` about the centroid of the moving segment's
+       segment-file markers; fixed-axis x, y, z angles; MTPM over those markers) are
+       recomputed here with numpy (``contract_schema.contract_motion``), and the
+       command's numbers must equal them.
+    2. Truth, exact: each used marker is within 0.3 mm of a true bead of its segment,
+       the same bead in both exams, lying within 0.5 mm of its segment-file row; every
+       bead of a segment reconstructed in both exams is used (unless excluded as
+       loose). The same recomputation on the TRUE positions of exactly those beads
+       must give the simulator's recorded motion to 1e-6 (a wrong frame, point of
+       reference, axis order or sign would not).
+    3. Error budget: with 1 and 2, reported - truth = f(true + e) - f(true), e the
+       markers' actual 3D errors (result minus truth). First-order propagation
+       (J e, J the Jacobian of f at the true positions) must reproduce the actual
+       error, each component within the bound sum_i |J_i| |e_i| that no arrangement of
+       those errors can exceed: the error is explained by the markers, whatever their
+       luck, and reported with its budget (printed; ``-s`` shows it). Given 1 and 2
+       the difference is f(true + e) - f(true) by construction: this step attributes
+       it, it does not grade the beads' luck.
+    4. Gross sanity against the truth: 0.25 mm per translation axis and MTPM, 0.5°
+       per angle, far above marker error and far below what a wrong labelling or
+       frame gives.
+    """
     for label, r in results.items():
         assert r["qc"]["verdict"] == "pass", (label, r["qc"])
     out = tmp_path / "m.json"
@@ -430,15 +526,126 @@ def test_migrate_on_the_simulated_series(series, results, tmp_path):
     definition = _definition(series)
     cs.check_migration(d, definition)
     assert d["motion"] is not None
+    truths = {label: load(series / label / "truth.json") for label in results}
     truth = next(
         e["migration"]
         for e in load(series / "series.json")["examinations"]
         if e["label"] == "followup-1"
     )
+    print(_audit_migration(d, definition, results, truths, truth))
+
+
+def _audit_migration(d: dict, definition: dict, results: dict, truths: dict, truth: dict):
+    """Steps 1-4 of ``test_migrate_on_the_simulated_series`` (a function, so that a
+    scratch harness can feed it deliberately wrong migrations)."""
+    ref_name, mov_name = definition["reference_segment"], definition["moving_segment"]
+    template = np.array(definition["segments"][mov_name], float)
+    used = _used_markers(d, definition, results)
+
+    # ---- 1. the command's numbers are the contract's definitions on its markers
+    reported: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, rows in used.items():
+        p = _xyz(results["reference"], [a for _, a, _ in rows])
+        q = _xyz(results["followup-1"], [b for _, _, b in rows])
+        reported[name] = (p, q)
+        s = d["segments"][name]
+        r, t = cs.rigid_fit(p, q)
+        assert s["mean_error_mm"] == pytest.approx(cs.mean_error(r, t, p, q), abs=EXACT), name
+        assert s["condition_number"] == pytest.approx(cs.condition_number(p), rel=EXACT), name
+    mine = cs.contract_motion(*reported[ref_name], *reported[mov_name], template)
     m = d["motion"]
-    assert m["translation_mm"] == pytest.approx(truth["translation_mm"], abs=0.05)
-    assert m["rotation_deg"] == pytest.approx(truth["rotation_deg"], abs=0.1)
-    assert m["mtpm_mm"] == pytest.approx(truth["mtpm_mm"], abs=0.05)
+    assert m["translation_mm"] == pytest.approx(mine["translation_mm"].tolist(), abs=EXACT)
+    assert m["rotation_deg"] == pytest.approx(mine["rotation_deg"].tolist(), abs=EXACT)
+    assert m["mtpm_mm"] == pytest.approx(mine["mtpm_mm"], abs=EXACT)
+
+    # ---- 2. the labelling against the truth, and the definitions on the true beads
+    true_pos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, rows in used.items():
+        p, q = reported[name]
+        bead_p, dist_p = _nearest_beads(truths["reference"], p)
+        bead_q, dist_q = _nearest_beads(truths["followup-1"], q)
+        for k, (i, a, b) in enumerate(rows):
+            where = f"{name}[{i}] ({a} -> {b})"
+            assert dist_p[k] <= SAME_BEAD_MM and dist_q[k] <= SAME_BEAD_MM, (
+                f"{where}: {dist_p[k]:.3f} / {dist_q[k]:.3f} mm from the nearest true bead"
+            )
+            assert bead_p[k]["id"] == bead_q[k]["id"], f"{where}: two different beads"
+            assert bead_p[k]["segment"] == name, f"{where}: a bead of {bead_p[k]['segment']}"
+            row = np.array(definition["segments"][name][i], float)
+            assert np.linalg.norm(row - bead_p[k]["xyz_mm"]) <= SEGMENT_FILE_MM, (
+                f"{where}: bead {bead_p[k]['id']} is not segment-file row {i}"
+            )
+        true_pos[name] = (
+            np.array([b["xyz_mm"] for b in bead_p], float),
+            np.array([b["xyz_mm"] for b in bead_q], float),
+        )
+        # consistent-marker: every bead of the segment found in both exams is used
+        found = []
+        for label in ("reference", "followup-1"):
+            xyz = np.array([mk["xyz_mm"] for mk in results[label]["markers"]], float)
+            beads, dist = _nearest_beads(truths[label], xyz)
+            found.append({b["id"] for b, x in zip(beads, dist, strict=True) if x <= SAME_BEAD_MM})
+        seg = d["segments"][name]
+        loose = [seg["reference_ids"][x["marker"]] for x in seg["excluded"]]
+        loose_beads = (
+            {
+                b["id"]
+                for b in _nearest_beads(truths["reference"], _xyz(results["reference"], loose))[0]
+            }
+            if loose
+            else set()
+        )
+        of_segment = {b["id"] for b in truths["reference"]["beads"] if b["segment"] == name}
+        missed = (of_segment & found[0] & found[1]) - {b["id"] for b in bead_p} - loose_beads
+        assert not missed, f"{name}: beads found in both exams, neither used nor excluded: {missed}"
+    exact = cs.contract_motion(*true_pos[ref_name], *true_pos[mov_name], template)
+    assert exact["R"].ravel().tolist() == pytest.approx(np.ravel(truth["R"]).tolist(), abs=EXACT)
+    assert exact["translation_mm"].tolist() == pytest.approx(truth["translation_mm"], abs=EXACT)
+    assert exact["rotation_deg"].tolist() == pytest.approx(truth["rotation_deg"], abs=EXACT)
+    assert exact["mtpm_mm"] == pytest.approx(truth["mtpm_mm"], abs=EXACT)
+
+    # ---- 3. all remaining error is the markers' own: first-order propagation
+    sets = [*true_pos[ref_name], *true_pos[mov_name]]
+    errors = [
+        got - tru for got, tru in zip([*reported[ref_name], *reported[mov_name]], sets, strict=True)
+    ]
+
+    def f(x: np.ndarray) -> np.ndarray:
+        parts, k = [], 0
+        for s in sets:
+            parts.append(x[k : k + s.size].reshape(s.shape))
+            k += s.size
+        return _motion_vector(cs.contract_motion(*parts, template))
+
+    x0 = np.concatenate([s.ravel() for s in sets])
+    e = np.concatenate([err.ravel() for err in errors])
+    h = 1e-4  # mm; central differences, truncation ~h² of a smooth function
+    jac = np.stack([(f(x0 + h * u) - f(x0 - h * u)) / (2 * h) for u in np.eye(x0.size)], axis=1)
+    actual = _motion_vector(mine) - _motion_vector(exact)
+    predicted = jac @ e
+    # worst case over any arrangement of these error magnitudes (per-marker Cauchy-Schwarz)
+    bound = np.linalg.norm(jac.reshape(len(actual), -1, 3), axis=2) @ np.linalg.norm(
+        e.reshape(-1, 3), axis=1
+    )
+    budget = (
+        f"translation error {actual[:3].round(4)} mm (first order {predicted[:3].round(4)}, "
+        f"bound {bound[:3].round(4)}), rotation error {actual[3:6].round(4)} deg "
+        f"(first order {predicted[3:6].round(4)}, bound {bound[3:6].round(4)}); marker 3D "
+        f"errors: largest {np.linalg.norm(e.reshape(-1, 3), axis=1).max():.4f} mm"
+    )
+    # second-order terms: |e|² x lever / (spread)², < 1 µm here; 2 µm + 5% leaves room
+    assert np.all(np.abs(actual - predicted) <= 2e-3 + 0.05 * np.abs(predicted)), budget
+    assert np.all(np.abs(actual) <= bound * 1.05 + 2e-3), budget
+    disp_change = np.linalg.norm(mine["displacement_mm"] - exact["displacement_mm"], axis=1)
+    assert abs(mine["mtpm_mm"] - exact["mtpm_mm"]) <= disp_change.max() + EXACT, budget
+
+    # ---- 4. gross sanity against the truth
+    assert m["translation_mm"] == pytest.approx(
+        truth["translation_mm"], abs=GROSS_TRANSLATION_MM
+    ), budget
+    assert m["rotation_deg"] == pytest.approx(truth["rotation_deg"], abs=GROSS_ROTATION_DEG), budget
+    assert m["mtpm_mm"] == pytest.approx(truth["mtpm_mm"], abs=GROSS_MTPM_MM), budget
+    return budget
 
 
 def _rot(deg_xyz) -> np.ndarray:
