@@ -160,7 +160,7 @@ class _Undetected:
             if d3 <= tol:
                 return f"coarse: below the threshold (band-pass {self.any_max[1][k3]:.1f} sigma)"
             return "coarse: no local maximum (merged with a neighbour's)"
-        p, _, chi, noise, _, rms_in = self.detect.fit_markers(
+        p, _, chi, noise, _, rms_in, *_ = self.detect.fit_markers(
             self.display, self.cand[k : k + 1], self.scale
         )
         snr = p[0, 4] / noise[0] * np.sqrt(np.pi) * max(p[0, 2], p[0, 3])

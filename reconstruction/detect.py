@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from reconstruction.image import RawImage
-from reconstruction.lightweight import erfc, pairs_within
+from reconstruction.lightweight import erfc, neighbours_within, pairs_within
 
 _SQRT2 = np.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -104,6 +104,7 @@ class Detections:
     sigma_px: np.ndarray
     noise: np.ndarray
     rejected: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    model_shift_px: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rc)
@@ -119,6 +120,7 @@ class Detections:
             self.sigma_px[idx],
             self.noise[idx],
             [],
+            None if self.model_shift_px is None else self.model_shift_px[idx],
         )
 
     @classmethod
@@ -354,21 +356,39 @@ def coarse_candidates(
 
 
 def _model(dr, dc, p):
-    """Blurred disc on a plane and its Jacobian, batched (n windows x m pixels).
+    """Opaque blurred disc on a plane and its Jacobian, batched (n windows x m pixels).
 
-    ``p`` columns: r0, c0, R, s, A, B0, Br, Bc (offsets relative to the window centre).
+    ``p`` columns: r0, c0, R, s, A, B0, Br, Bc (offsets relative to the window centre)::
+
+        I(x) = B0 + H(x) (1 - o(x)) + A o(x),   H(x) = Br dr + Bc dc,
+        o(x) = 0.5 erfc((|x - x0| - R) / (sqrt 2 s))
+
+    A tantalum bead is opaque: in its shadow the image shows the bead's own
+    level (scatter), not the background, so the background is occluded
+    (multiplied by ``1 - o``) rather than added to. Where the background
+    slopes or steps across the marker, an additive disc would carry the
+    slope into the shadow and the fit would shift the centre to make up for
+    it. ``A`` is the shadow's level relative to ``B0``.
     """
+    return _occluding_disc(dr, dc, p, None)
+
+
+def _additive_disc(dr, dc, p):
+    """Blurred disc added to a plane (``B0 + Br dr + Bc dc + A o(x)``) and its Jacobian.
+
+    Cheaper than :func:`_model` and as good away from background slopes: used
+    for the first fit of every candidate, most of which are texture.
+    """
+    f = dr.dtype.type
     p = p.astype(dr.dtype, copy=False)
     r0, c0, rad, s, a = (p[:, i : i + 1] for i in range(5))
-    b0, br, bc = p[:, 5:6], p[:, 6:7], p[:, 7:8]
     yr = dr - r0
     yc = dc - c0
     rho = np.sqrt(yr * yr + yc * yc + 1e-6)
     u = (rho - rad) / s
-    disc = 0.5 * erfc(u * dr.dtype.type(1 / _SQRT2))
-    phi = np.exp(dr.dtype.type(-0.5) * u * u) * (dr.dtype.type(_INV_SQRT_2PI) / s)
-    model = b0 + br * dr + bc * dc + a * disc
-    ap = a * phi
+    disc = 0.5 * erfc(u * f(1 / _SQRT2))
+    ap = a * np.exp(f(-0.5) * u * u) * (f(_INV_SQRT_2PI) / s)
+    model = p[:, 5:6] + p[:, 6:7] * dr + p[:, 7:8] * dc + a * disc
     jac = np.empty((*dr.shape[:1], dr.shape[1], 8), dtype=dr.dtype)
     jac[..., 0] = ap * yr / rho
     jac[..., 1] = ap * yc / rho
@@ -379,6 +399,134 @@ def _model(dr, dc, p):
     jac[..., 6] = dr
     jac[..., 7] = dc
     return model, jac
+
+
+def _occluding_disc(dr, dc, p, extra):
+    """Core of :func:`_model`; ``extra`` = (H_e, J_e) adds background terms and their Jacobian."""
+    f = dr.dtype.type
+    p8 = p[:, :8].astype(dr.dtype, copy=False)
+    r0, c0, rad, s, a = (p8[:, i : i + 1] for i in range(5))
+    b0, br, bc = p8[:, 5:6], p8[:, 6:7], p8[:, 7:8]
+    yr = dr - r0
+    yc = dc - c0
+    rho = np.sqrt(yr * yr + yc * yc + 1e-6)
+    u = (rho - rad) / s
+    disc = 0.5 * erfc(u * f(1 / _SQRT2))
+    phi = np.exp(f(-0.5) * u * u) * (f(_INV_SQRT_2PI) / s)
+    hb = br * dr + bc * dc
+    if extra is not None:
+        hb = hb + extra[0]
+    clear = 1 - disc
+    model = b0 + hb * clear + a * disc
+    ap = (a - hb) * phi
+    k = 8 if extra is None else 8 + extra[1].shape[-1]
+    jac = np.empty((*dr.shape[:1], dr.shape[1], k), dtype=dr.dtype)
+    jac[..., 0] = ap * yr / rho
+    jac[..., 1] = ap * yc / rho
+    jac[..., 2] = ap
+    jac[..., 3] = ap * u
+    jac[..., 4] = disc
+    jac[..., 5] = 1.0
+    jac[..., 6] = dr * clear
+    jac[..., 7] = dc * clear
+    if extra is not None:
+        jac[..., 8:] = extra[1] * clear[..., None]
+    return model, jac
+
+
+def _model_edge(dr, dc, p):
+    """Opaque blurred disc on a plane and a blurred straight step, and its Jacobian.
+
+    ``p`` columns: the eight of :func:`_model`, then E (step height), theta
+    (direction of the edge normal), d (edge offset from the window centre
+    along the normal) and s_e (edge blur); the step joins the background
+    ``H(x)`` of :func:`_model`::
+
+        H(x) = Br dr + Bc dc + E * Phi((cos(theta) dr + sin(theta) dc - d) / s_e)
+
+    A bead on the border of a metal implant or a cortex sits on such a step,
+    which a plane cannot follow: the plane's misfit, largest on the disc's
+    side of the step, pulls the centre across it.
+    """
+    f = dr.dtype.type
+    e, th, d, se = (p[:, i : i + 1].astype(dr.dtype, copy=False) for i in range(8, 12))
+    ct, st = np.cos(th), np.sin(th)
+    t = ct * dr + st * dc - d
+    v = t / se
+    cdf = 0.5 * erfc(-v * f(1 / _SQRT2))
+    phi = np.exp(f(-0.5) * v * v) * (f(_INV_SQRT_2PI) / se)
+    ep = e * phi
+    je = np.stack([cdf, ep * (ct * dc - st * dr), -ep, -ep * v], axis=-1)
+    return _occluding_disc(dr, dc, p, (e * cdf, je))
+
+
+# Mean chi-square per pixel outside the disc above which a step edge is tried
+# (a plane that fits leaves about 1; bone texture raises it to 1.5-3). Measured
+# on 36 simulated exams (docs/benchmarks.md): at 1.5 the knee's texture sent
+# nearly every bead to the refit (+0.3 s per exam) for a worse 3D error
+# (16.5 / 18.8 µm on seeds 1-3 / 4-6) than at 3 (15.9 / 18.3 µm).
+EDGE_MIN_RING_CHI2 = 3.0
+# Edge directions tried to start the edge fit (the normal's angle).
+_EDGE_ANGLES = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
+# Smallest drop of chi-square (weighted cost) for which the four edge parameters
+# are accepted: about the 0.1 % point of chi-square with 4 degrees of freedom
+# (18.5), so a window without an edge keeps the plain model and its bound.
+EDGE_MIN_DCHI2 = 20.0
+
+
+def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
+    """Refit with a step edge in the background; accept it where chi-square drops.
+
+    The edge is started by a grid search over its direction and offset on
+    the first fit's residual outside the disc (linear in the step height for
+    a given line), then refined together with the disc by Levenberg-Marquardt.
+
+    Returns the (n, 12) parameters and a boolean (n,) of accepted edges.
+    """
+    rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
+    outside = (rho > p[:, 2:3] + 2 * p[:, 3:4]) & (sw > 0)
+    # Weighted least squares of the window outside the disc on a plane and a
+    # step [1, dr, dc, step] for every trial line at once. The windows share
+    # one footprint, so the steps are one (pixels x lines) matrix and every sum
+    # is a matrix product; the step's gain over the plane alone is its Schur
+    # complement (no 4x4 solve per line).
+    w = np.where(outside, sw * sw, 0).astype(np.float64)
+    y = win.astype(np.float64)
+    d0, c0 = dr[0].astype(np.float64), dc[0].astype(np.float64)
+    lines_th = np.repeat(_EDGE_ANGLES, 2 * h - 1)
+    lines_d = np.tile(np.arange(-h + 1, h, 1.0), len(_EDGE_ANGLES))
+    steps = (np.cos(lines_th)[:, None] * d0[None] + np.sin(lines_th)[:, None] * c0[None]) > (
+        lines_d[:, None]
+    )
+    steps = steps.astype(np.float64).T  # (m, lines)
+    basis = np.stack([np.ones_like(d0), d0, c0])  # (3, m)
+    wb = w[:, None, :] * basis[None]  # (n, 3, m)
+    pmat = wb @ basis.T  # (n, 3, 3)
+    pvec = wb @ y[..., None]  # (n, 3, 1)
+    q = wb @ steps  # (n, 3, lines)
+    s_ss = w @ steps  # (n, lines)
+    s_sy = (w * y) @ steps  # (n, lines)
+    pinv = np.linalg.pinv(pmat)
+    coef_plane = pinv @ pvec  # (n, 3, 1)
+    piq = pinv @ q  # (n, 3, lines)
+    var = s_ss - np.einsum("nkl,nkl->nl", q, piq)
+    cov = s_sy - np.einsum("nkl,nk->nl", q, coef_plane[..., 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = np.where(var > 1e-6 * np.maximum(s_ss, 1e-300), cov * cov / var, 0.0)
+    k = np.argmax(gain, axis=1)
+    rows = np.arange(len(p))
+    height = np.where(var[rows, k] > 0, cov[rows, k] / np.maximum(var[rows, k], 1e-300), 0.0)
+    plane = coef_plane[..., 0] - piq[rows, :, k] * height[:, None]
+    pe = np.concatenate([p, np.stack([height, lines_th[k], lines_d[k], np.ones(len(p))], 1)], 1)
+    # the shadow's level stays where it was; the background is the new one
+    pe[:, 4] += p[:, 5] - plane[:, 0]
+    pe[:, 5:8] = plane
+    r_lo, r_hi = radius_range
+    pe, cost_edge, _ = _levenberg_marquardt(
+        win, dr, dc, sw, pe, 40, (r_lo, r_hi, h), model_fn=_model_edge
+    )
+    accepted = np.isfinite(cost_edge) & (cost_edge < cost_plain - EDGE_MIN_DCHI2)
+    return pe, accepted
 
 
 def _gather(display: np.ndarray, centres: np.ndarray, h: int):
@@ -402,20 +550,22 @@ def _window_noise(win: np.ndarray) -> np.ndarray:
     return 1.4826 * mad / _SQRT2 + 1e-9
 
 
-def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds):
+def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
     """Batched Levenberg-Marquardt on the blurred-disc model with sqrt-weights ``sw``.
 
     Only windows that have not converged are iterated (an active set), so a
-    few slow fits do not cost the many fast ones.
+    few slow fits do not cost the many fast ones. ``model_fn`` (default
+    :func:`_model`) may add parameters after the disc's eight.
     """
+    model_fn = _model if model_fn is None else model_fn
     r_lo, r_hi, h = bounds
     p = p.copy()
     n = len(p)
     lam = np.full(n, 1e-2)
-    model, jac = _model(dr, dc, p)
+    model, jac = model_fn(dr, dc, p)
     res = (win - model) * sw
     cost = (res**2).sum(1)
-    eye = np.eye(8)
+    eye = np.eye(p.shape[1])
     act = np.arange(n)
     for _ in range(iterations):
         if len(act) == 0:
@@ -437,7 +587,10 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds):
         trial[:, 2] = np.clip(trial[:, 2], r_lo, r_hi)
         trial[:, 3] = np.clip(trial[:, 3], 0.25, r_hi)
         trial[:, 0:2] = np.clip(trial[:, 0:2], -h, h)
-        m_t, j_t = _model(dr[act], dc[act], trial)
+        if trial.shape[1] > 8:
+            trial[:, 10] = np.clip(trial[:, 10], -3 * h, 3 * h)
+            trial[:, 11] = np.clip(trial[:, 11], 0.3, 4.0)
+        m_t, j_t = model_fn(dr[act], dc[act], trial)
         res_t = (win[act] - m_t) * swa
         cost_t = (res_t**2).sum(1)
         better = cost_t < cost[act]
@@ -462,7 +615,9 @@ def fit_markers(
     radius_guess: np.ndarray | None = None,
     iterations: int = 12,
     screen_snr: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    edge_idx: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
     """Least-squares blurred-disc fit in small windows, all windows at once.
 
     Levenberg-Marquardt (Marquardt, J. SIAM 1963) batched over windows; pixels
@@ -471,6 +626,15 @@ def fit_markers(
 
     ``screen_snr`` skips (NaN results) candidates whose window core stands
     less than that above its ring in matched-filter units.
+
+    The first fit of every candidate adds the disc to a plane; the weighted
+    refinement of the plausible ones uses the opaque (occluding) disc of
+    :func:`_model`. Candidates listed in ``edge_idx`` whose background
+    outside the disc is not a plane are refitted with a step edge
+    (:func:`_model_edge`), kept where chi-square drops by
+    :data:`EDGE_MIN_DCHI2`; their bound then counts the edge's parameters.
+    ``neighbours`` are further centres (not fitted) whose pixels are masked
+    out of the windows like the candidates' own.
 
     Returns
     -------
@@ -488,12 +652,14 @@ def fit_markers(
         The window lay entirely within the image.
     rms_in : ndarray (n,)
         RMS residual over the disc and its edge (display units).
+    has_edge : ndarray (n,) bool
+        The fit kept a step edge in the background.
     """
     n = len(candidates)
     h = scale.half_window
     if n == 0:
         z = np.zeros(0)
-        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, np.zeros(0, bool), z
+        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, np.zeros(0, bool), z, np.zeros(0, bool), z
     ci = np.rint(candidates).astype(np.int64)
     win, inside, dr, dc = _gather(display, ci, h)
     m = win.shape[1] * win.shape[2]
@@ -519,6 +685,15 @@ def fit_markers(
                 d_own = (ra - candidates[a, 0:1]) ** 2 + (ca - candidates[a, 1:2]) ** 2
                 d_oth = (ra - candidates[b, 0:1]) ** 2 + (ca - candidates[b, 1:2]) ** 2
                 np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
+    if neighbours is not None and len(neighbours):
+        a, b, dist = neighbours_within(candidates, np.asarray(neighbours, float), 2 * rwin + 1)
+        a, b = a[dist > 1e-6], b[dist > 1e-6]  # a candidate is not its own neighbour
+        if len(a):
+            ra = dr[a] + ci[a, 0:1]
+            ca = dc[a] + ci[a, 1:2]
+            d_own = (ra - candidates[a, 0:1]) ** 2 + (ca - candidates[a, 1:2]) ** 2
+            d_oth = (ra - neighbours[b, 0:1]) ** 2 + (ca - neighbours[b, 1:2]) ** 2
+            np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
 
     # initial parameters
     ring = weight * ((dr**2 + dc**2) > (rad0[:, None] + 2) ** 2)
@@ -551,7 +726,10 @@ def fit_markers(
     weight = weight.astype(np.float32)
     p[:, 5] = 0.0
     mask = weight
-    p, cost, jac = _levenberg_marquardt(win, dr, dc, mask, p, iterations, (r_lo, r_hi, h))
+    p, cost, jac = _levenberg_marquardt(
+        win, dr, dc, mask, p, iterations, (r_lo, r_hi, h), model_fn=_additive_disc
+    )
+    centre_additive = p[:, :2].copy()
     nw = mask.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         chi = np.sqrt(cost / np.maximum(nw - 8, 1)) / noise
@@ -582,20 +760,48 @@ def fit_markers(
     var = var_bg[:, None] + (var_core - var_bg)[:, None] * disc
     sw = (mask / np.sqrt(var)).astype(np.float32)
     g = np.flatnonzero(go)
+    edge = np.zeros((n, 4))
+    edge[:, 3] = 1.0  # step height 0: no edge
+    has_edge = np.zeros(n, bool)
     if len(g):
-        p[g], _, _ = _levenberg_marquardt(win[g], dr[g], dc[g], sw[g], p[g], 5, (r_lo, r_hi, h))
-    _, jac = _model(dr, dc, p)
-    jw = jac * sw[..., None]
-    jtj = jw.transpose(0, 2, 1) @ jw
-    try:
-        inv = np.linalg.inv(jtj + 1e-12 * np.eye(8))
-    except np.linalg.LinAlgError:
-        inv = np.linalg.pinv(jtj)
-    cov_diag = np.einsum("nii->ni", inv)
+        p[g], cost_g, _ = _levenberg_marquardt(
+            win[g], dr[g], dc[g], sw[g], p[g], 5, (r_lo, r_hi, h)
+        )
+        if edge_idx is not None and len(edge_idx):
+            # only where the background outside the disc is not a plane
+            m_g, _ = _model(dr[g], dc[g], p[g])
+            rho_g = np.sqrt((dr[g] - p[g, 0:1]) ** 2 + (dc[g] - p[g, 1:2]) ** 2)
+            out_g = (rho_g > p[g, 2:3] + 2 * p[g, 3:4]) & (sw[g] > 0)
+            chi2_out = (((win[g] - m_g) * sw[g]) ** 2 * out_g).sum(1) / np.maximum(out_g.sum(1), 1)
+            # (and only for fits significant enough to be reported as markers)
+            allowed = np.zeros(n_all, bool)
+            allowed[edge_idx] = True
+            try_edge = (chi2_out > EDGE_MIN_RING_CHI2) & allowed[alive][g]
+            e = g[try_edge]
+            if len(e):
+                ce = cost_g[try_edge]
+                pe, acc = _edge_refit(win[e], dr[e], dc[e], sw[e], p[e], h, (r_lo, r_hi), ce)
+                p[e[acc]] = pe[acc, :8]
+                edge[e[acc]] = pe[acc, 8:]
+                has_edge[e[acc]] = True
+    full = np.concatenate([p, edge], axis=1)
+    cov_diag = np.zeros((n, 8))
+    model = np.empty_like(win)
+    for sel, k in ((~has_edge, 8), (has_edge, 12)):
+        if not sel.any():
+            continue
+        fn = _model if k == 8 else _model_edge
+        model[sel], jac = fn(dr[sel], dc[sel], full[sel, :k])
+        jw = jac * sw[sel][..., None]
+        jtj = jw.transpose(0, 2, 1) @ jw
+        try:
+            inv = np.linalg.inv(jtj + 1e-12 * np.eye(k))
+        except np.linalg.LinAlgError:
+            inv = np.linalg.pinv(jtj)
+        cov_diag[sel] = np.einsum("nii->ni", inv)[:, :8]
     # Misfit local to the disc: residual RMS over the disc and its edge against
     # the RMS over the background ring. Texture or noise raise both alike; a
     # second bead, an edge or a cut through the marker raise the first.
-    model, _ = _model(dr, dc, p)
     res2 = (win - model) ** 2 * mask
     rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
     inner = mask * (rho <= p[:, 2:3] + 2 * p[:, 3:4])
@@ -604,6 +810,9 @@ def fit_markers(
         rms_in = np.sqrt((res2 * inner).sum(1) / np.maximum(inner.sum(1), 1))
         rms_out = np.sqrt((res2 * outer).sum(1) / np.maximum(outer.sum(1), 1))
         chi = np.where(outer.sum(1) >= 8, rms_in / np.maximum(rms_out, noise), chi)
+    # how far the centre moved between the additive disc on a plane and the
+    # final model: a measure of how much the background's shape matters
+    shift = np.hypot(p[:, 0] - centre_additive[:, 0], p[:, 1] - centre_additive[:, 1])
     params = p.astype(np.float64)
     params[:, 0] += ci[:, 0]
     params[:, 1] += ci[:, 1]
@@ -615,7 +824,13 @@ def fit_markers(
             full[alive] = arr
             out.append(full)
         params, cov_diag, chi, noise, rms_in = out
-    return params, cov_diag, chi, noise, inside_ok, rms_in
+        edged = np.zeros(n_all, bool)
+        edged[alive] = has_edge
+        has_edge = edged
+        shifted = np.full(n_all, np.nan)
+        shifted[alive] = shift
+        shift = shifted
+    return params, cov_diag, chi, noise, inside_ok, rms_in, has_edge, shift
 
 
 def noise_correlation(display: np.ndarray, step: int = 32) -> float:
@@ -676,6 +891,47 @@ def correlated_sigma(det: Detections, b: float, half: int) -> np.ndarray:
     return np.sqrt(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]))
 
 
+def refit_on_edges(
+    display: np.ndarray, det: Detections, idx: np.ndarray, scale: MarkerScale
+) -> Detections:
+    """Refit detections ``idx`` with a step edge in the background where the data ask for one.
+
+    For the patient's bead candidates only (beads sit on implant borders and
+    cortices; cage markers on the cage's uniform carbon do not need it, and
+    the real-time check cannot pay for it). Every detection takes part as a
+    neighbour (masking); only edge fits that were accepted replace a
+    detection's centre, size, contrast, residual and bound.
+    """
+    idx = np.asarray(idx, dtype=np.intp)
+    if len(idx) == 0 or len(det) == 0:
+        return det
+    fit = fit_markers(display, det.rc[idx], scale, edge_idx=np.arange(len(idx)), neighbours=det.rc)
+    ok = fit[6] & np.all(np.isfinite(fit[0]), axis=1)
+    take = idx[ok]
+    if len(take) == 0:
+        return det
+    params, cov, chi, shift = (
+        np.zeros((len(det), *a.shape[1:])) for a in (fit[0], fit[1], fit[2], fit[7])
+    )
+    params[take], cov[take], chi[take], shift[take] = fit[0][ok], fit[1][ok], fit[2][ok], fit[7][ok]
+    out = det.subset(np.arange(len(det)))
+    out.rejected = det.rejected
+    out.rc[take] = params[take, :2]
+    out.radius_px[take] = params[take, 2]
+    out.blur_px[take] = params[take, 3]
+    out.contrast[take] = params[take, 4]
+    out.relative_contrast[take] = params[take, 4] / det.noise[take]
+    out.residual[take] = chi[take]
+    if out.model_shift_px is not None:
+        out.model_shift_px[take] = np.maximum(shift[take], out.model_shift_px[take])
+    white = np.sqrt(0.5 * (cov[take, 0] + cov[take, 1]))
+    # keep the correlated-noise inflation detect_markers applied, if any
+    if out.model_shift_px is not None:
+        white = with_model_uncertainty(white, out.model_shift_px[take])
+    out.sigma_px[take] = np.maximum(white, det.sigma_px[take])
+    return out
+
+
 def detect_markers(
     image: RawImage,
     scale: MarkerScale,
@@ -715,15 +971,49 @@ def detect_markers(
     if display is None:
         display = full_display(image)
     fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
-    det = _select(*fit, display.shape, scale, min_snr, max_chi)
+    det = _select(*fit[:6], display.shape, scale, min_snr, max_chi, shift=fit[7])
     b = noise_correlation(display)
     if b > 0.45:  # neighbours correlated by more than ~0.3: white noise no longer describes it
         det.sigma_px = correlated_sigma(det, b, int(np.ceil(scale.r_max + 2)))
+    det.sigma_px = with_model_uncertainty(det.sigma_px, det.model_shift_px)
     return det
 
 
+# Part of the centre's shift between the additive and the final background
+# model that is counted as model uncertainty. Measured on the simulator's 18
+# default exams (docs/reconstruction.md): beads whose two fits differ by
+# 0.16-0.70 px were 0.1-0.3 px off the truth, i.e. about half the shift.
+MODEL_SHIFT_FRACTION = 0.5
+
+
+def with_model_uncertainty(sigma_px: np.ndarray, shift_px: np.ndarray | None) -> np.ndarray:
+    """Centre bound widened by the background model's uncertainty.
+
+    The Cramér-Rao bound assumes the model is right. Where the background
+    under a marker is not what any of the models says (a curved implant
+    border, a corner, dense texture), the centre carries a bias the bound
+    does not show; the distance between the centres of two background
+    models (:data:`MODEL_SHIFT_FRACTION` of it) stands for that bias, added
+    in quadrature, so that matching gates and the reported uncertainty stay
+    honest and :data:`reconstruction.pipeline.MAX_BEAD_SIGMA_MM` keeps such
+    beads out.
+    """
+    if shift_px is None:
+        return sigma_px
+    extra = MODEL_SHIFT_FRACTION * np.nan_to_num(np.asarray(shift_px, float))
+    return np.hypot(sigma_px, extra)
+
+
+def noise_bound(det: Detections) -> np.ndarray:
+    """The Cramér-Rao part of ``det.sigma_px`` (without the model uncertainty)."""
+    if det.model_shift_px is None:
+        return det.sigma_px
+    extra = MODEL_SHIFT_FRACTION * np.nan_to_num(det.model_shift_px)
+    return np.sqrt(np.maximum(det.sigma_px**2 - extra**2, 0.0))
+
+
 def _select(
-    params, cov, chi, noise, inside_ok, rms_in, shape, scale, min_snr, max_chi
+    params, cov, chi, noise, inside_ok, rms_in, shape, scale, min_snr, max_chi, shift=None
 ) -> Detections:
     rows, cols = shape
     r0, c0, rad, s, a = params[:, 0], params[:, 1], params[:, 2], params[:, 3], params[:, 4]
@@ -778,6 +1068,7 @@ def _select(
         residual=chi[ok].copy(),
         sigma_px=sig[ok].copy(),
         noise=noise[ok].copy(),
+        model_shift_px=None if shift is None else shift[ok].copy(),
     )
     det.rejected = [
         (params[i, :2].copy(), str(reason[i]))

@@ -16,7 +16,14 @@ import numpy as np
 
 from reconstruction.cage_id import Identification, identify
 from reconstruction.calibrate import Calibration, PoseModel, calibrate, casts_shadow, inside_image
-from reconstruction.detect import Detections, MarkerScale, detect_markers, full_display
+from reconstruction.detect import (
+    Detections,
+    MarkerScale,
+    detect_markers,
+    full_display,
+    noise_bound,
+    refit_on_edges,
+)
 from reconstruction.errors import InputError
 from reconstruction.geometry import VIEW_NAMES, Cage, Station, ViewGeometry
 from reconstruction.image import RawImage
@@ -328,7 +335,9 @@ def patient_rules(
     # a bead whose centre is this uncertain would be placed tens of µm off in
     # 3D and widens the epipolar gate enough to pair with texture: not reported
     sp = float(np.mean(geometry.detector.pixel_spacing_mm))
-    rules["centre bound > MAX_BEAD_SIGMA_MM"] = det.sigma_px * sp <= MAX_BEAD_SIGMA_MM
+    # (the noise's bound: a bead on an implant border keeps its place, with the
+    # model uncertainty in its sigma widening its matching gate)
+    rules["centre bound > MAX_BEAD_SIGMA_MM"] = noise_bound(det) * sp <= MAX_BEAD_SIGMA_MM
     return rules
 
 
@@ -382,6 +391,16 @@ def analyse_view(
     residual = det.rc[dk] - pred[mk] if len(mk) else np.zeros((0, 2))
 
     rules = patient_rules(det, geometry, cage, dk, pred)
+    if include_beads and len(det):
+        # beads lie on implant borders and cortices: the patient's candidates (not
+        # the cage's markers) are refitted with a step edge where a plane leaves
+        # structure around them, and judged again on the new fit
+        # (candidates by every rule but the bound, which the refit changes)
+        maybe = np.logical_and.reduce(
+            [r for k, r in rules.items() if k != "centre bound > MAX_BEAD_SIGMA_MM"]
+        )
+        det = refit_on_edges(display, det, np.flatnonzero(maybe), scale)
+        rules = patient_rules(det, geometry, cage, dk, pred)
     keep = np.logical_and.reduce(list(rules.values())) if len(det) else np.zeros(0, bool)
     return ViewResult(
         name=name,
