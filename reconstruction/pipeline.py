@@ -55,14 +55,17 @@ MAX_BEAD_SIGMA_MM = 0.04
 #: markers' residual RMS (0.05-0.29 px, mostly their own centre noise), pairs are
 #: gated at EPIPOLAR_GATE_SIGMA of that, and a group of beads sharing candidates is
 #: resolved where one assignment beats every rival pairing by the gate squared in
-#: chi-square (stereo._weigh). Measured (benchmarks/bench_reconstruct.py, seeds
-#: 1-6, 36 exams): 10 more beads visible in both views matched, no new false
-#: marker, but also beads the truth does not count (within 14 px of another
-#: bead's shadow, biased 20-32 µm), which raises the 3D RMS of spine/biplanar
-#: seed 3 from 14.6 to 16.6 µm, over its asserted 15 µm: off until detection
-#: flags centres biased by a neighbouring shadow. False: the earlier matching
-#: (3 sigma, calibration term = residual RMS, shared candidates all ambiguous).
-RESOLVE_LINED_UP_BEADS = False
+#: chi-square (stereo._weigh). Since the centres' sigma carries the background
+#: model's uncertainty (detect.with_model_uncertainty), beads next to another
+#: shadow or on an implant border get the wider sigma they need: the 3D error of
+#: spine/biplanar seed 3 is 14.1 um (12.0 with False; 16.6 before that term).
+#: Measured (benchmarks/bench_reconstruct.py accuracy, seeds 1-6, 36 exams)
+#: against False: +14 beads visible in both views matched (recall up on 7 exams,
+#: down on none), no new false marker (the two of seeds 4-6, upper/uniplanar 4
+#: and lower/biplanar 4, are chance pairings that False makes too). False: the
+#: earlier matching (3 sigma, calibration term = residual RMS, shared candidates
+#: all ambiguous).
+RESOLVE_LINED_UP_BEADS = True
 #: Gate of a pair's epipolar distance, in standard errors of the two centres and the
 #: two calibrations (with RESOLVE_LINED_UP_BEADS: the centres' bounds underestimate
 #: their real error under texture by up to ~1.8x, hence 4 of the propagated sigma).
