@@ -51,6 +51,16 @@ def wait_state(c, eid, states, timeout=10.0):
     raise AssertionError(f"exam {eid} stuck in {e['state']}")
 
 
+def wait_file(c, url, timeout=5.0):
+    """GET url until it is there (200) or the timeout passes; the last response."""
+    end = time.monotonic() + timeout
+    while True:
+        r = c.get(url)
+        if r.status_code != 404 or time.monotonic() > end:
+            return r
+        time.sleep(0.02)
+
+
 def expose(c, eid):
     assert c.put(f"/api/exams/{eid}/technique", json=TECH).status_code in (200, 409)
     r = c.post(f"/api/exams/{eid}/arm")
@@ -94,11 +104,12 @@ def test_whole_exam_records_requested_and_actual_technique(station):
         }
     ]
     assert a["result"]["tube_skew_us"] == 120.0
-    # images on disk with the recorded hashes, overlays served
+    # images on disk with the recorded hashes, overlays served (they follow the
+    # verdict, announced by an "overlay" event: wait for them as the page does)
     for v in "AB":
-        r = c.get(f"/api/exams/{eid}/attempts/1/result-{v}.png")
+        r = wait_file(c, f"/api/exams/{eid}/attempts/1/result-{v}.png")
         assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
-        assert c.get(f"/api/exams/{eid}/attempts/1/cage-{v}.png").status_code == 200
+        assert wait_file(c, f"/api/exams/{eid}/attempts/1/cage-{v}.png").status_code == 200
     r = c.post(f"/api/exams/{eid}/accept")
     assert r.status_code == 200 and r.json()["state"] == "completed"
     assert r.json()["used_attempts"] == [1]

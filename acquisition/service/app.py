@@ -180,6 +180,7 @@ def _err(*codes: int) -> dict:
         404: "Not found",
         409: "Not possible in the exam's state, or refused by the station",
         422: "Invalid field",
+        429: "Too many failed logins: wait (Retry-After)",
     }
     return {c: {"model": Error, "description": text[c]} for c in codes}
 
@@ -271,12 +272,32 @@ def create_app(runtime: Runtime, *, own_runtime: bool = True) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok", "version": __version__}
 
-    @app.post("/api/login", response_model=UserOut, tags=["public"], responses=_err(400, 401, 422))
+    throttle = auth.LoginThrottle()
+
+    @app.post(
+        "/api/login", response_model=UserOut, tags=["public"], responses=_err(400, 401, 422, 429)
+    )
     def login(body: LoginIn, response: Response) -> dict:
-        """Start a session; sets the session cookie (HttpOnly, SameSite=Strict)."""
+        """Start a session; sets the session cookie (HttpOnly, SameSite=Strict).
+
+        After 5 wrong passwords for one user name within 15 minutes, further
+        attempts for that name get 429 with Retry-After, unchecked. (Per name,
+        not per address: the station's users share one workstation, and one
+        person's typing must not lock the others out.)
+        """
+        keys = ("user:" + body.username.lower(),)
+        wait = throttle.retry_after(*keys)
+        if wait > 0:
+            raise StarletteHTTPException(
+                429,
+                f"Too many wrong passwords: try again in {int(wait // 60) + 1} min.",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
         token = runtime.store.login(body.username, body.password)
         if token is None:
+            throttle.failed(*keys)
             raise StarletteHTTPException(401, "Wrong user name or password.")
+        throttle.succeeded(*keys)
         response.set_cookie(
             auth.SESSION_COOKIE,
             token,

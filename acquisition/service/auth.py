@@ -61,3 +61,64 @@ def token_digest(token: str) -> str:
 
 def allowed(role: str, permission: str) -> bool:
     return permission in PERMISSIONS.get(role, frozenset())
+
+
+# Brute-force protection of the login: after MAX_FAILED_LOGINS wrong passwords
+# for one user name within LOGIN_WINDOW_S, further
+# attempts are refused, without checking the password, until the oldest failure
+# leaves the window (OWASP Authentication Cheat Sheet: "login throttling"). Kept
+# in memory: the station is one process, and a restart that clears it is rare
+# and logged.
+MAX_FAILED_LOGINS = 5
+LOGIN_WINDOW_S = 15 * 60.0
+
+
+class LoginThrottle:
+    """Failed-login counter per key (e.g. a user name) with a sliding window."""
+
+    def __init__(
+        self,
+        max_failures: int = MAX_FAILED_LOGINS,
+        window_s: float = LOGIN_WINDOW_S,
+        clock=None,
+    ) -> None:
+        import threading
+        import time
+
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._clock = clock or time.monotonic
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, *keys: str) -> float:
+        """Seconds until an attempt for these keys is allowed again (0: allowed now)."""
+        with self._lock:
+            now = self._clock()
+            wait = 0.0
+            for key in keys:
+                times = self._recent(key, now)
+                if len(times) >= self.max_failures:
+                    wait = max(wait, times[-self.max_failures] + self.window_s - now)
+            return wait
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            now = self._clock()
+            for key in keys:
+                self._failures.setdefault(key, []).append(now)
+                self._recent(key, now)
+
+    def succeeded(self, *keys: str) -> None:
+        """A right password clears the count."""
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
