@@ -75,6 +75,18 @@ def test_no_false_markers_and_still_patient_passes(exams, case):
         assert np.min(np.linalg.norm(cage.xyz_mm - m.xyz_mm, axis=1)) > 1.0
 
 
+def test_blobs_sharper_than_the_cage_markers_do_not_pair():
+    """upper/uniplanar seed 4: two faint blobs of texture, one per view, 262 and
+    518 px from any bead, lay within each other's epipolar gate and became a
+    marker 57 mm from every bead. Both were sharper (blur 0.59 and 0.71 of the
+    sharpest cage markers') than any bead can be; every true bead on 36 exams
+    was >= 0.91."""
+    ex, _station, _cage, res = _run("upper", 4, cage="uniplanar")
+    _j, dist, _ = _matched(ex, res)
+    assert np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
+    assert len(res.markers) >= 10
+
+
 def test_still_knee_exam_passes_with_every_visible_bead(exams):
     ex, _station, _cage, res = exams[("lower", 1)]
     assert res.verdict == "pass", res.to_dict()["qc"]
