@@ -659,7 +659,8 @@ def fit_markers(
     h = scale.half_window
     if n == 0:
         z = np.zeros(0)
-        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, np.zeros(0, bool), z, np.zeros(0, bool), z
+        no = np.zeros(0, bool)
+        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, no, z, no, z, np.zeros((0, 4))
     ci = np.rint(candidates).astype(np.int64)
     win, inside, dr, dc = _gather(display, ci, h)
     m = win.shape[1] * win.shape[2]
@@ -830,7 +831,10 @@ def fit_markers(
         shifted = np.full(n_all, np.nan)
         shifted[alive] = shift
         shift = shifted
-    return params, cov_diag, chi, noise, inside_ok, rms_in, has_edge, shift
+        edged4 = np.zeros((n_all, 4))
+        edged4[alive] = edge
+        edge = edged4
+    return params, cov_diag, chi, noise, inside_ok, rms_in, has_edge, shift, edge
 
 
 def noise_correlation(display: np.ndarray, step: int = 32) -> float:
@@ -910,25 +914,28 @@ def refit_on_edges(
     take = idx[ok]
     if len(take) == 0:
         return det
-    params, cov, chi, shift = (
-        np.zeros((len(det), *a.shape[1:])) for a in (fit[0], fit[1], fit[2], fit[7])
-    )
-    params[take], cov[take], chi[take], shift[take] = fit[0][ok], fit[1][ok], fit[2][ok], fit[7][ok]
+    p, edge = fit[0][ok], fit[8][ok]
+    # the shadow's level against the background at the bead's centre (the
+    # plane and the step there), as the plain fit's contrast is
+    rel = p[:, :2] - np.rint(det.rc[take])
+    e, th, d, se = edge.T
+    step = e * 0.5 * erfc(-((np.cos(th) * rel[:, 0] + np.sin(th) * rel[:, 1] - d) / se) / _SQRT2)
+    contrast = p[:, 4] - (p[:, 6] * rel[:, 0] + p[:, 7] * rel[:, 1] + step)
     out = det.subset(np.arange(len(det)))
     out.rejected = det.rejected
-    out.rc[take] = params[take, :2]
-    out.radius_px[take] = params[take, 2]
-    out.blur_px[take] = params[take, 3]
-    out.contrast[take] = params[take, 4]
-    out.relative_contrast[take] = params[take, 4] / det.noise[take]
-    out.residual[take] = chi[take]
+    out.rc[take] = p[:, :2]
+    out.radius_px[take] = p[:, 2]
+    out.blur_px[take] = p[:, 3]
+    out.contrast[take] = contrast
+    out.relative_contrast[take] = contrast / det.noise[take]
+    out.residual[take] = fit[2][ok]
+    # The noise's share of the bound stays the plain model's (what the photons
+    # allow; the edge's own parameters would count the background's shape
+    # twice), the model term is this refit's shift from the additive fit.
+    noise = noise_bound(det)[take]
     if out.model_shift_px is not None:
-        out.model_shift_px[take] = np.maximum(shift[take], out.model_shift_px[take])
-    white = np.sqrt(0.5 * (cov[take, 0] + cov[take, 1]))
-    # keep the correlated-noise inflation detect_markers applied, if any
-    if out.model_shift_px is not None:
-        white = with_model_uncertainty(white, out.model_shift_px[take])
-    out.sigma_px[take] = np.maximum(white, det.sigma_px[take])
+        out.model_shift_px[take] = np.maximum(fit[7][ok], out.model_shift_px[take])
+        out.sigma_px[take] = with_model_uncertainty(noise, out.model_shift_px[take])
     return out
 
 
