@@ -379,30 +379,14 @@ def _additive_disc(dr, dc, p):
     Cheaper than :func:`_model` and as good away from background slopes: used
     for the first fit of every candidate, most of which are texture.
     """
-    f = dr.dtype.type
-    p = p.astype(dr.dtype, copy=False)
-    r0, c0, rad, s, a = (p[:, i : i + 1] for i in range(5))
-    yr = dr - r0
-    yc = dc - c0
-    rho = np.sqrt(yr * yr + yc * yc + 1e-6)
-    u = (rho - rad) / s
-    disc = 0.5 * erfc(u * f(1 / _SQRT2))
-    ap = a * np.exp(f(-0.5) * u * u) * (f(_INV_SQRT_2PI) / s)
-    model = p[:, 5:6] + p[:, 6:7] * dr + p[:, 7:8] * dc + a * disc
-    jac = np.empty((*dr.shape[:1], dr.shape[1], 8), dtype=dr.dtype)
-    jac[..., 0] = ap * yr / rho
-    jac[..., 1] = ap * yc / rho
-    jac[..., 2] = ap
-    jac[..., 3] = ap * u
-    jac[..., 4] = disc
-    jac[..., 5] = 1.0
-    jac[..., 6] = dr
-    jac[..., 7] = dc
-    return model, jac
+    return _occluding_disc(dr, dc, p, None, occlude=False)
 
 
-def _occluding_disc(dr, dc, p, extra):
-    """Core of :func:`_model`; ``extra`` = (H_e, J_e) adds background terms and their Jacobian."""
+def _occluding_disc(dr, dc, p, extra, occlude=True):
+    """Core of :func:`_model`; ``extra`` = (H_e, J_e) adds background terms and their Jacobian.
+
+    ``occlude=False`` adds the disc to the background instead (:func:`_additive_disc`).
+    """
     f = dr.dtype.type
     p8 = p[:, :8].astype(dr.dtype, copy=False)
     r0, c0, rad, s, a = (p8[:, i : i + 1] for i in range(5))
@@ -416,9 +400,14 @@ def _occluding_disc(dr, dc, p, extra):
     hb = br * dr + bc * dc
     if extra is not None:
         hb = hb + extra[0]
-    clear = 1 - disc
-    model = b0 + hb * clear + a * disc
-    ap = (a - hb) * phi
+    if occlude:
+        clear = 1 - disc
+        model = b0 + hb * clear + a * disc
+        ap = (a - hb) * phi
+    else:
+        clear = None
+        model = b0 + hb + a * disc
+        ap = a * phi
     k = 8 if extra is None else 8 + extra[1].shape[-1]
     jac = np.empty((*dr.shape[:1], dr.shape[1], k), dtype=dr.dtype)
     jac[..., 0] = ap * yr / rho
@@ -427,10 +416,10 @@ def _occluding_disc(dr, dc, p, extra):
     jac[..., 3] = ap * u
     jac[..., 4] = disc
     jac[..., 5] = 1.0
-    jac[..., 6] = dr * clear
-    jac[..., 7] = dc * clear
+    jac[..., 6] = dr if clear is None else dr * clear
+    jac[..., 7] = dc if clear is None else dc * clear
     if extra is not None:
-        jac[..., 8:] = extra[1] * clear[..., None]
+        jac[..., 8:] = extra[1] if clear is None else extra[1] * clear[..., None]
     return model, jac
 
 
