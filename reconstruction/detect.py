@@ -312,6 +312,22 @@ def coarse_candidates(
         if strong.any():
             rescued = local_ratio(np.minimum(dog, clip)) > clutter_ratio
             keep |= strong & rescued
+        # Still failing strong candidates are judged once more against a robust
+        # local scale (median and MAD over the same window; Hampel 1974): a metal
+        # border or a brighter marker covers a minority of the window and leaves
+        # it alone, whereas texture, everywhere in the window, sets it as the RMS
+        # does (for Gaussian texture 1.4826 MAD is its standard deviation).
+        strong &= ~keep
+        if strong.any():
+            s_idx = np.flatnonzero(strong)
+            off = np.arange(-w, w + 1)
+            rr = np.clip(r[s_idx, None, None] + off[None, :, None], 0, rows - 1)
+            cc = np.clip(c[s_idx, None, None] + off[None, None, :], 0, cols - 1)
+            win = dog[rr, cc].reshape(len(s_idx), -1)
+            med = np.median(win, axis=1)
+            mad = np.median(np.abs(win - med[:, None]), axis=1)
+            robust = dog[r[s_idx], c[s_idx]] / np.sqrt(med**2 + (1.4826 * mad) ** 2 + 1.0)
+            keep[s_idx[robust > clutter_ratio]] = True
     r, c, ratio = r[keep], c[keep], ratio[keep]
     if len(r) == 0:
         return np.zeros((0, 2)), np.zeros(0)

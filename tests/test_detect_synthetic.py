@@ -143,3 +143,22 @@ def test_bead_beside_larger_markers_is_not_taken_for_clutter(dist):
         _j, ok = _match(det.rc, truth, tol=0.5)
         assert ok.all(), f"seed {seed}: found {ok.tolist()}"
         assert len(det) == len(truth), "no false detections"
+
+
+@pytest.mark.parametrize("dist,big_r", [(12.0, 6.0), (15.0, 6.0), (18.0, 9.0), (24.0, 9.0)])
+def test_bead_closer_to_larger_markers_passes_the_robust_clutter_scale(dist, big_r):
+    """Closer to three large markers than above, the clipped band-pass still had
+    their rims in the local RMS (found 0-3 of 4 before the robust scale); the
+    median/MAD scale ignores them, as they cover a minority of the window."""
+    shape = (300, 300)
+    bead = np.array([[150.3, 150.6]])
+    ang = np.deg2rad([0.0, 120.0, 240.0])
+    big = 150.0 + dist * np.c_[np.cos(ang), np.sin(ang)]
+    truth = np.r_[bead, big]
+    for seed in range(3):
+        radii = np.r_[3.0, big_r, big_r, big_r]
+        counts, _ = render_beads(shape, truth, radii, quanta=200.0, seed=seed)
+        det = detect_markers(as_raw(counts), MarkerScale(2.0, big_r))
+        _j, ok = _match(det.rc, truth, tol=0.5)
+        assert ok.all(), f"seed {seed}: found {ok.tolist()}"
+        assert len(det) == len(truth), "no false detections"
