@@ -114,8 +114,16 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Brute force: a few hundred points, and far fewer array operations than a
     general neighbour search (the real-time check runs this a dozen times).
+    The same operations as ``(a_r - b_r)^2 + (a_c - b_c)^2`` in place, on two
+    (n, m) arrays instead of five (the check is made of many small steps:
+    allocation is a good part of each).
     """
-    return np.square(a[:, 0, None] - b[None, :, 0]) + np.square(a[:, 1, None] - b[None, :, 1])
+    d = np.subtract.outer(a[:, 0], b[:, 0])
+    np.square(d, out=d)
+    e = np.subtract.outer(a[:, 1], b[:, 1])
+    np.square(e, out=e)
+    d += e
+    return d
 
 
 def _pairs(tree, det_n, pred, gate, active):
@@ -127,7 +135,10 @@ def _pairs(tree, det_n, pred, gate, active):
     act = np.flatnonzero(active & np.all(np.isfinite(pred), axis=1))
     if len(act) == 0 or det_n == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    qi, pi = np.nonzero(_sq_dist(pred[act], tree) <= np.square(gate[act])[:, None])
+    # row-major flat indices of a boolean array (np.flatnonzero's fast path;
+    # the pairs in the order np.nonzero gives them)
+    idx = np.flatnonzero(_sq_dist(pred[act], tree) <= np.square(gate[act])[:, None])
+    qi, pi = np.divmod(idx, len(tree))
     return act[qi], pi
 
 
@@ -213,9 +224,12 @@ def identify(
     ctx = (lin, n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
     # A regular cage can also fit shifted by one pitch: try the strongest few
     # distinct first votes and keep the solution that explains most markers.
+    # Every hypothesis starts from the same first vote (nominal pose, prior
+    # covariance, nothing matched): it is taken once per call and shared.
+    first = _first_vote(ctx, max(1, hypotheses))
     best = None
     for h in range(max(1, hypotheses)):
-        sol = _solve(ctx, h)
+        sol = _solve(ctx, h, first)
         if sol is None:
             break
         mk, dk, x, cov = sol
@@ -238,57 +252,98 @@ def identify(
     return Identification(theta, mk, dk, pred)
 
 
-def _solve(ctx, first_choice: int):
-    """Vote, fit and assign round after round; ``first_choice`` picks the first vote's peak.
+def _vote(ctx, x, cov, mk, dk):
+    """One vote: (marker, blob) pairs of the markers still unexplained and their offsets.
 
-    Returns (marker idx, blob idx, x, cov), or None when the chosen first peak
-    does not exist.
+    Returns (pairs' markers, blobs, offsets, counts within the bandwidth,
+    score order, needed count), or None when fewer than three pairs remain.
     """
     lin, n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
+    pred = lin.predict(x)
+    gate = _gate(lin, cov, 3.0, 3 * sigma_px + 2)
+    matched = np.zeros(n, bool)
+    matched[mk] = True
+    used = np.zeros(len(det_rc), bool)
+    used[dk] = True
+    todo = np.flatnonzero(cand & ~matched)
+    if len(todo) == 0:
+        return None
+    active = np.zeros(n, bool)
+    active[todo] = True
+    pm, pd = _pairs(tree, len(det_rc), pred, gate, active)
+    keep = ~used[pd]
+    if radius_ok is not None and len(pm):
+        keep &= radius_ok(pm, pd)
+    pm, pd = pm[keep], pd[keep]
+    if len(pm) < 3:
+        return None
+    off = det_rc[pd] - pred[pm]
+    # offsets within the bandwidth of each offset (itself included)
+    counts = np.count_nonzero(_sq_dist(off, off) <= bandwidth**2, axis=1)
+    # expected count from pairs scattered at random over the search discs
+    area = np.pi * np.mean(gate[todo] ** 2)
+    background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)
+    need = max(3.0, background + 4 * np.sqrt(background))
+    score = counts - np.linalg.norm(off, axis=1) / (gate[pm] + 1e-9)
+    order = np.argsort(-score)
+    return pm, pd, off, counts, order, need
+
+
+def _first_vote(ctx, hypotheses: int):
+    """The first round's vote, shared by every hypothesis, and its distinct peaks.
+
+    The first vote depends on nothing a hypothesis chooses, so it is taken once
+    per call (for the two or three hypotheses of an aliased view the vote over
+    a few hundred pairs was repeated whole). Its peaks are the offsets, in
+    score order and while their count reaches the need, farther than twice the
+    bandwidth from every stronger peak; the first ``hypotheses`` of them are
+    found by discarding, after each peak, the offsets near it (the same
+    greedy choice as testing each offset against all peaks so far, without a
+    Python loop over a few hundred offsets).
+
+    Returns (vote, peaks), vote as from :func:`_vote` (None when there is no
+    vote).
+    """
+    vote = _vote(ctx, np.zeros(N_PARAMS), np.eye(N_PARAMS), np.zeros(0, int), np.zeros(0, int))
+    if vote is None:
+        return None, []
+    _, _, off, counts, order, need = vote
+    weak = np.flatnonzero(counts[order] < need)
+    rest = order[: weak[0]] if len(weak) else order
+    bandwidth = ctx[7]
+    peaks: list[int] = []
+    while len(rest) and len(peaks) < hypotheses:
+        p = int(rest[0])
+        peaks.append(p)
+        rest = rest[np.linalg.norm(off[rest] - off[p], axis=1) > 2 * bandwidth]
+    return vote, peaks
+
+
+def _solve(ctx, first_choice: int, first=None):
+    """Vote, fit and assign round after round; ``first_choice`` picks the first vote's peak.
+
+    ``first`` is the shared first vote from :func:`_first_vote` (taken here
+    when not given). Returns (marker idx, blob idx, x, cov), or None when the
+    chosen first peak does not exist.
+    """
+    lin, _n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
+    if first is None:
+        first = _first_vote(ctx, first_choice + 1)
     x = np.zeros(N_PARAMS)
     cov = np.eye(N_PARAMS)
     mk = np.zeros(0, int)
     dk = np.zeros(0, int)
     for rnd in range(6):
-        pred = lin.predict(x)
-        gate = _gate(lin, cov, 3.0, 3 * sigma_px + 2)
-        matched = np.zeros(n, bool)
-        matched[mk] = True
-        used = np.zeros(len(det_rc), bool)
-        used[dk] = True
-        todo = np.flatnonzero(cand & ~matched)
-        if len(todo) == 0:
+        if rnd == 0:
+            vote, peaks = first
+        else:
+            vote = _vote(ctx, x, cov, mk, dk)
+        if vote is None:
             break
-        active = np.zeros(n, bool)
-        active[todo] = True
-        pm, pd = _pairs(tree, len(det_rc), pred, gate, active)
-        keep = ~used[pd]
-        if radius_ok is not None and len(pm):
-            keep &= radius_ok(pm, pd)
-        pm, pd = pm[keep], pd[keep]
-        if len(pm) < 3:
-            break
-        off = det_rc[pd] - pred[pm]
-        # offsets within the bandwidth of each offset (itself included)
-        counts = np.count_nonzero(_sq_dist(off, off) <= bandwidth**2, axis=1)
-        # expected count from pairs scattered at random over the search discs
-        area = np.pi * np.mean(gate[todo] ** 2)
-        background = len(pm) * np.pi * bandwidth**2 / max(area, 1e-9)
-        need = max(3.0, background + 4 * np.sqrt(background))
-        score = counts - np.linalg.norm(off, axis=1) / (gate[pm] + 1e-9)
-        order = np.argsort(-score)
-        pick = rnd == 0 and first_choice > 0
+        pm, pd, off, counts, order, need = vote
         best = int(order[0])
-        if pick:
+        if rnd == 0 and first_choice > 0:
             # the first_choice-th peak distinct (by more than the bandwidth) from stronger ones
-            peaks: list[int] = []
-            for i in order:
-                if counts[i] < need:
-                    break
-                if all(np.linalg.norm(off[i] - off[j]) > 2 * bandwidth for j in peaks):
-                    peaks.append(int(i))
-                    if len(peaks) > first_choice:
-                        break
             if len(peaks) <= first_choice:
                 return None
             best = peaks[first_choice]
@@ -310,13 +365,32 @@ def _solve(ctx, first_choice: int):
         if len(mk) < 3:
             break
         x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
-        mk, dk, x, cov = _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, bandwidth)
+        mk, dk, x, cov = _icp(
+            lin,
+            x,
+            cov,
+            cand,
+            tree,
+            det_rc,
+            radius_ok,
+            sigma_px,
+            bandwidth,
+            fitted=(tuple(mk), tuple(dk)),
+        )
     return mk, dk, x, cov
 
 
-def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate):
-    """Assign confidently predicted markers and refit until the assignment is stable."""
-    prev = None
+def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate, fitted=None):
+    """Assign confidently predicted markers and refit until the assignment is stable.
+
+    ``fitted`` is the (markers, blobs) pairing, as tuples in order, whose fit
+    gave ``x`` and ``cov`` (None when unknown). An assignment equal to the
+    pairing of the last fit would refit the same pairs in the same order, which
+    gives the same ``x`` and ``cov`` bit for bit: the loop stops there instead
+    of fitting once more to find that out (one assignment and one fit fewer
+    per call; the result is unchanged).
+    """
+    prev = fitted
     mk = dk = np.zeros(0, int)
     for _ in range(10):
         pred = lin.predict(x)
@@ -325,9 +399,9 @@ def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate):
         mk, dk = _assign(pred, gate, active, tree, det_rc, radius_ok)
         if len(mk) < 3:
             break
-        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
         key = (tuple(mk), tuple(dk))
         if key == prev:
             break
+        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
         prev = key
     return mk, dk, x, cov
