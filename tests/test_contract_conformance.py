@@ -372,8 +372,12 @@ def test_uncalibrated_views_report_null_focus_and_the_nominal_expectation(collim
 def test_cage_check_repeat_writes_the_last_run(exam, tmp_path):
     import resource
 
-    outs, cpu = {}, {}
-    for n in (1, 41):
+    # 1 and 81 runs, each twice in turn, the least CPU of each kept: a child's
+    # start-up CPU (imports) varies by a few hundred ms under load, a whole
+    # number of checks does not (40 extra runs once measured only 31 ms above
+    # one run on a busy machine)
+    outs, cpu = {}, {1: float("inf"), 81: float("inf")}
+    for n in (1, 81, 1, 81):
         outs[n] = tmp_path / f"r{n}.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         ok(
@@ -393,15 +397,16 @@ def test_cage_check_repeat_writes_the_last_run(exam, tmp_path):
             )
         )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu[n] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    one, last = load(outs[1]), load(outs[41])
+        used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        cpu[n] = min(cpu[n], used)
+    one, last = load(outs[1]), load(outs[81])
     cs.check_cage_check(last, "A", {m["id"] for m in load(exam / "cage.json")["markers"]})
     # the check is deterministic, so the last of the runs is the one-run result
     assert {k: last[k] for k in one} == one
-    # and it really ran 40 more times (CPU time, not wall time: the machine is shared).
+    # and it really ran 80 more times (CPU time, not wall time: the machine is shared).
     # With nothing reused between runs each run at least reads the 4.8 MP image once
-    # more (>= 1 ms; ~15 ms measured): a cached result would cost next to nothing.
-    assert cpu[41] - cpu[1] >= 40 * 0.001, cpu
+    # more (>= 1 ms; ~7 ms measured): a cached result would cost next to nothing.
+    assert cpu[81] - cpu[1] >= 80 * 0.001, cpu
 
 
 # -------------------------------------------------------- migrate / precision
