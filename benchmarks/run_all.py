@@ -16,8 +16,10 @@ RUNS = [
     ["benchmarks.bench_cage_check"],
     ["benchmarks.bench_reconstruct", "speed"],
     ["benchmarks.bench_reconstruct", "accuracy", "--seeds", "1-3"],
+    ["benchmarks.bench_budget", "--seeds", "1-3"],
     ["benchmarks.bench_migration", "labelling"],
     ["benchmarks.bench_migration", "series", "--source", "images", "--seeds", "0-2"],
+    ["benchmarks.bench_migration", "bound", "--seeds", "0-2"],
     ["benchmarks.bench_service", "--n", "3"],
 ]
 
