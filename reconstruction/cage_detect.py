@@ -43,9 +43,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from reconstruction.detect import MarkerScale, _apply_lut, _robust_sigma
+from reconstruction.detect import MarkerScale, _apply_lut, _robust_sigma, subpixel_peaks
 from reconstruction.image import RawImage
-from reconstruction.lightweight import pairs_within
 
 #: Smallest marker radius kept on the reduced image (px), as the reconstruction's
 #: coarse pass (MarkerScale.factor). At 0.35 px (k = 8 on the simulator's
@@ -218,37 +217,12 @@ def cage_candidates(
     v0 = band[r, c].astype(np.float64) * inv
     ratio = v0 / np.sqrt(np.maximum(local, 0) * inv * inv + 1.0)
     keep = ratio > clutter_ratio
-    r, c, ratio, v0 = r[keep], c[keep], ratio[keep], v0[keep]
+    r, c, ratio = r[keep], c[keep], ratio[keep]
     if len(r) == 0:
         return np.zeros((0, 2)), np.zeros(0)
-    vu, vd = band[r - 1, c] * inv, band[r + 1, c] * inv
-    vl, vr = band[r, c - 1] * inv, band[r, c + 1] * inv
-    dyy = vu + vd - 2 * v0
-    dxx = vl + vr - 2 * v0
-    dxy = (
-        0.25
-        * inv
-        * (band[r + 1, c + 1] - band[r + 1, c - 1] - band[r - 1, c + 1] + band[r - 1, c - 1])
-    )
-    tr = dxx + dyy
-    det = dxx * dyy - dxy**2
-    edge_r = 6.0
-    ok = (det > 0) & (tr < 0) & (tr**2 * edge_r < (edge_r + 1) ** 2 * det)
-    ok |= (np.abs(tr) < 0.05 * v0) & (det >= 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dr = np.where(dyy < 0, 0.5 * (vu - vd) / dyy, 0.0)
-        dc = np.where(dxx < 0, 0.5 * (vl - vr) / dxx, 0.0)
-    dr = np.clip(np.nan_to_num(dr), -0.5, 0.5)
-    dc = np.clip(np.nan_to_num(dc), -0.5, 0.5)
-    rc = np.stack([(r + dr + 0.5) * k - 0.5, (c + dc + 0.5) * k - 0.5], axis=1)
-    rc, ratio = rc[ok], ratio[ok]
-    pairs = pairs_within(rc, max(1.0, scale.r_min))
-    if len(pairs):
-        weaker = np.where(ratio[pairs[:, 0]] >= ratio[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
-        keep = np.ones(len(rc), bool)
-        keep[weaker] = False
-        rc, ratio = rc[keep], ratio[keep]
-    return rc, ratio
+    # the edge test, sub-pixel peak and one-per-marker rule of the coarse pass
+    # (invariant to the band's scale, so on the unscaled band)
+    return subpixel_peaks(band, r, c, ratio, k, scale.r_min)
 
 
 def refine_centres(image: RawImage, rc: np.ndarray, scale: MarkerScale) -> np.ndarray:

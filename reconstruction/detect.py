@@ -334,20 +334,33 @@ def coarse_candidates(
     if len(r) > MAX_CANDIDATES:
         top = np.argpartition(-ratio, MAX_CANDIDATES)[:MAX_CANDIDATES]
         r, c, ratio = r[top], c[top], ratio[top]
-    v0 = dog[r, c]
-    vu, vd = dog[r - 1, c], dog[r + 1, c]
-    vl, vr = dog[r, c - 1], dog[r, c + 1]
+    return subpixel_peaks(dog, r, c, ratio, k, scale.r_min)
+
+
+def subpixel_peaks(
+    band: np.ndarray, r: np.ndarray, c: np.ndarray, ratio: np.ndarray, k: int, r_min: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate centres from local maxima ``(r, c)`` of a band-passed reduced image.
+
+    Lowe's edge test (IJCV 2004, sec. 4.1: both principal curvatures negative
+    and of similar size; a flat-topped disc, near-zero curvature, is kept), a
+    parabolic sub-pixel peak per axis, full-resolution coordinates for the
+    reduction ``k``, and one candidate per marker. All of it is invariant to a
+    positive scaling of ``band``.
+
+    Returns centres (n, 2) and their ``ratio`` (the caller's strength).
+    """
+    v0 = band[r, c]
+    vu, vd = band[r - 1, c], band[r + 1, c]
+    vl, vr = band[r, c - 1], band[r, c + 1]
     dyy = vu + vd - 2 * v0
     dxx = vl + vr - 2 * v0
-    dxy = 0.25 * (dog[r + 1, c + 1] - dog[r + 1, c - 1] - dog[r - 1, c + 1] + dog[r - 1, c - 1])
-    # Lowe's edge test: both principal curvatures negative and of similar size.
+    dxy = 0.25 * (band[r + 1, c + 1] - band[r + 1, c - 1] - band[r - 1, c + 1] + band[r - 1, c - 1])
     tr = dxx + dyy
     det = dxx * dyy - dxy**2
     edge_r = 6.0
     ok = (det > 0) & (tr < 0) & (tr**2 * edge_r < (edge_r + 1) ** 2 * det)
-    # A flat-topped disc (large marker on a fine scale) has near-zero curvature: keep it.
-    flat = (np.abs(tr) < 0.05 * v0) & (det >= 0)
-    ok |= flat
+    ok |= (np.abs(tr) < 0.05 * v0) & (det >= 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         dr = np.where(dyy < 0, 0.5 * (vu - vd) / dyy, 0.0)
         dc = np.where(dxx < 0, 0.5 * (vl - vr) / dxx, 0.0)
@@ -359,7 +372,7 @@ def coarse_candidates(
     # side by side, each would get only its half of the window (neighbour
     # masking in fit_markers) and both centres would be pulled apart by up to
     # half a pixel: keep the stronger of any two closer than the smallest radius.
-    pairs = pairs_within(rc, max(1.0, scale.r_min))
+    pairs = pairs_within(rc, max(1.0, r_min))
     if len(pairs):
         weaker = np.where(ratio[pairs[:, 0]] >= ratio[pairs[:, 1]], pairs[:, 1], pairs[:, 0])
         keep = np.ones(len(rc), bool)
