@@ -105,14 +105,23 @@ def _best_assignment(chi2: np.ndarray, edges: np.ndarray, unmatched: float) -> f
     n_a, n_b = chi2.shape
     if n_a == 0 or n_b == 0:
         return unmatched * (n_a + n_b)
+    c = _augmented_cost(chi2, edges, unmatched)
+    r, k = linear_sum_assignment(c)
+    return float(c[r, k].sum())
+
+
+def _augmented_cost(chi2: np.ndarray, edges: np.ndarray, unmatched: float) -> np.ndarray:
+    """Square cost matrix of a partial assignment: the pairs' chi2 (large finite
+    cost where not an edge, as ``linear_sum_assignment`` needs), one dummy per
+    bead at ``unmatched``, and free dummy-to-dummy entries."""
+    n_a, n_b = chi2.shape
     big = 1e9
     c = np.full((n_a + n_b, n_b + n_a), big)
     c[:n_a, :n_b] = np.where(edges, chi2, big)
     c[:n_a, n_b:][np.diag_indices(n_a)] = unmatched
     c[n_a:, :n_b][np.diag_indices(n_b)] = unmatched
     c[n_a:, n_b:] = 0.0
-    r, k = linear_sum_assignment(c)
-    return float(c[r, k].sum())
+    return c
 
 
 def _weigh(chi2: np.ndarray, edges: np.ndarray, k_sigma: float) -> list[tuple[int, int]]:
@@ -130,12 +139,7 @@ def _weigh(chi2: np.ndarray, edges: np.ndarray, k_sigma: float) -> list[tuple[in
     """
     n_a, n_b = chi2.shape
     u = 0.5 * k_sigma**2
-    big = 1e9
-    c = np.full((n_a + n_b, n_b + n_a), big)
-    c[:n_a, :n_b] = np.where(edges, chi2, big)
-    c[:n_a, n_b:][np.diag_indices(n_a)] = u
-    c[n_a:, :n_b][np.diag_indices(n_b)] = u
-    c[n_a:, n_b:] = 0.0
+    c = _augmented_cost(chi2, edges, u)
     r, k = linear_sum_assignment(c)
     best = float(c[r, k].sum())
     chosen = [(int(a), int(b)) for a, b in zip(r, k, strict=True) if a < n_a and b < n_b]
