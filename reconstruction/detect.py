@@ -495,9 +495,12 @@ EDGE_MIN_DCHI2 = 20.0
 def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
     """Refit with a step edge in the background; accept it where chi-square drops.
 
-    The edge is started by a grid search over its direction and offset on
-    the first fit's residual outside the disc (linear in the step height for
-    a given line), then refined together with the disc by Levenberg-Marquardt.
+    The edge is started by a search over ~500 lines (24 directions, every
+    pixel offset): for each, a plane and a step are fitted to the window
+    outside the disc by weighted least squares (linear for a given line),
+    and the line that explains most is kept; then edge and disc are refined
+    together by Levenberg-Marquardt (40 iterations at most, so that the same
+    data stored differently converge to the same centre).
 
     Returns the (n, 12) parameters and a boolean (n,) of accepted edges.
     """
