@@ -48,28 +48,19 @@ MAX_SNR_RATIO = 8.0
 SURE_BEAD_SNR = 2.5 * MIN_BEAD_SNR
 #: Largest centre uncertainty (Cramér-Rao bound, at the detector) of a reported bead.
 MAX_BEAD_SIGMA_MM = 0.04
-#: Matching of beads that line up along the epipolar direction (issue 5 recall).
-#: True: the calibrations' epipolar error is propagated from each pose's covariance
-#: (~0.02 px on the simulator's exams, where the true centres' epipolar distance
-#: under the calibrated geometry is 0.012 px RMS) instead of taken as the cage
-#: markers' residual RMS (0.05-0.29 px, mostly their own centre noise), pairs are
-#: gated at EPIPOLAR_GATE_SIGMA of that, and a group of beads sharing candidates is
-#: resolved where one assignment beats every rival pairing by the gate squared in
-#: chi-square (stereo._weigh). Since the centres' sigma carries the background
-#: model's uncertainty (detect.with_model_uncertainty), beads next to another
-#: shadow or on an implant border get the wider sigma they need: the 3D error of
-#: spine/biplanar seed 3 is 14.1 um (12.0 with False; 16.6 before that term).
-#: Measured (benchmarks/bench_reconstruct.py accuracy, seeds 1-6, 36 exams)
-#: against False: +14 beads visible in both views matched (recall up on 7 exams,
-#: down on none), no new false marker (the two of seeds 4-6, upper/uniplanar 4
-#: and lower/biplanar 4, are chance pairings that False makes too). False: the
-#: earlier matching (3 sigma, calibration term = residual RMS, shared candidates
-#: all ambiguous).
-RESOLVE_LINED_UP_BEADS = True
 #: Gate of a pair's epipolar distance, in standard errors of the two centres and the
-#: two calibrations (with RESOLVE_LINED_UP_BEADS: the centres' bounds underestimate
-#: their real error under texture by up to ~1.8x, hence 4 of the propagated sigma).
-EPIPOLAR_GATE_SIGMA = 4.0 if RESOLVE_LINED_UP_BEADS else 3.0
+#: two calibrations. The calibrations' epipolar error is propagated from each pose's
+#: covariance (~0.02 px on the simulator's exams, where the true centres' epipolar
+#: distance under the calibrated geometry is 0.012 px RMS), not taken as the cage
+#: markers' residual RMS (0.05-0.29 px, mostly their own centre noise); a group of
+#: beads sharing candidates is resolved where one assignment beats every rival
+#: pairing by the gate squared in chi-square (stereo._weigh). 4 rather than 3: the
+#: centres' bounds underestimate their real error under texture by up to ~1.8x.
+#: Measured against the earlier matching (3 sigma, residual RMS, shared candidates all
+#: ambiguous; commit 1ae5fbc, bench_reconstruct accuracy, 36 exams): +14 beads
+#: visible in both views matched, recall up on 7 exams and down on none, no new false
+#: marker; spine/biplanar seed 3 3D 12.0 -> 14.1 um (beads next to another shadow).
+EPIPOLAR_GATE_SIGMA = 4.0
 #: The cage's manufacturing error as seen in the image (px, one sigma), added to each
 #: cage marker's detection bound (the calibration's own floor, calibrate.calibrate).
 CAGE_FLOOR_PX = 0.03
@@ -460,11 +451,8 @@ def stereo_markers(
     if va.calibration is not None and vb.calibration is not None:
         ia, ib = va.patient_idx, vb.patient_idx
         da, db = va.detections, vb.detections
-        if RESOLVE_LINED_UP_BEADS:
-            # the epipolar error of the two calibrated geometries, per pair
-            cal_px = epipolar_calibration_sigma(va, vb, da.rc[ia], db.rc[ib])
-        else:
-            cal_px = float(np.hypot(va.calibration.rms_px, vb.calibration.rms_px))
+        # the epipolar error of the two calibrated geometries, per pair
+        cal_px = epipolar_calibration_sigma(va, vb, da.rc[ia], db.rc[ib])
         # one sphere has one diameter: its two shadows, each divided by its
         # magnification at the triangulated point, must agree
         xyz_all, _ = midpoint(
@@ -499,7 +487,7 @@ def stereo_markers(
             k_sigma=EPIPOLAR_GATE_SIGMA,
             compatible=same,
             allowed=allowed,
-            weigh=RESOLVE_LINED_UP_BEADS,
+            weigh=True,
         )
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]
