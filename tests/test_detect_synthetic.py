@@ -126,23 +126,30 @@ def test_centres_reach_the_cramer_rao_bound(photometric, quanta, rad):
     assert 0.8 < np.sqrt(np.mean(np.concatenate(sigmas) ** 2)) / crb_rms < 1.25
 
 
+def _bead_beside_three_markers(dist: float, big_r: float, seeds: int) -> None:
+    """A small bead with three larger, darker markers ``dist`` px around it is found,
+    with no false detection, in every noise realisation."""
+    shape = (300, 300)
+    bead = np.array([[150.3, 150.6]])
+    ang = np.deg2rad([0.0, 120.0, 240.0])
+    big = 150.0 + dist * np.c_[np.cos(ang), np.sin(ang)]
+    truth = np.r_[bead, big]
+    for seed in range(seeds):
+        radii = np.r_[3.0, big_r, big_r, big_r]
+        counts, _ = render_beads(shape, truth, radii, quanta=200.0, seed=seed)
+        det = detect_markers(as_raw(counts), MarkerScale(2.0, big_r))
+        _j, ok = _match(det.rc, truth, tol=0.5)
+        assert ok.all(), f"seed {seed}: found {ok.tolist()}"
+        assert len(det) == len(truth), "no false detections"
+
+
 @pytest.mark.parametrize("dist", [18.0, 24.0])
 def test_bead_beside_larger_markers_is_not_taken_for_clutter(dist):
     """A bead 3-4 marker radii from three larger, darker shadows (a bead cluster on an
     implant, the biplanar cage's markers) is found: the neighbours are markers, not
     texture (before the band-pass was clipped for the clutter RMS it was lost in
     every noise realisation)."""
-    shape = (300, 300)
-    bead = np.array([[150.3, 150.6]])
-    ang = np.deg2rad([0.0, 120.0, 240.0])
-    big = 150.0 + dist * np.c_[np.cos(ang), np.sin(ang)]
-    truth = np.r_[bead, big]
-    for seed in range(2):
-        counts, _ = render_beads(shape, truth, np.r_[3.0, 6.0, 6.0, 6.0], quanta=200.0, seed=seed)
-        det = detect_markers(as_raw(counts), MarkerScale(2.0, 6.0))
-        _j, ok = _match(det.rc, truth, tol=0.5)
-        assert ok.all(), f"seed {seed}: found {ok.tolist()}"
-        assert len(det) == len(truth), "no false detections"
+    _bead_beside_three_markers(dist, 6.0, seeds=2)
 
 
 @pytest.mark.parametrize("dist,big_r", [(12.0, 6.0), (15.0, 6.0), (18.0, 9.0), (24.0, 9.0)])
@@ -150,15 +157,4 @@ def test_bead_closer_to_larger_markers_passes_the_robust_clutter_scale(dist, big
     """Closer to three large markers than above, the clipped band-pass still had
     their rims in the local RMS (found 0-3 of 4 before the robust scale); the
     median/MAD scale ignores them, as they cover a minority of the window."""
-    shape = (300, 300)
-    bead = np.array([[150.3, 150.6]])
-    ang = np.deg2rad([0.0, 120.0, 240.0])
-    big = 150.0 + dist * np.c_[np.cos(ang), np.sin(ang)]
-    truth = np.r_[bead, big]
-    for seed in range(3):
-        radii = np.r_[3.0, big_r, big_r, big_r]
-        counts, _ = render_beads(shape, truth, radii, quanta=200.0, seed=seed)
-        det = detect_markers(as_raw(counts), MarkerScale(2.0, big_r))
-        _j, ok = _match(det.rc, truth, tol=0.5)
-        assert ok.all(), f"seed {seed}: found {ok.tolist()}"
-        assert len(det) == len(truth), "no false detections"
+    _bead_beside_three_markers(dist, big_r, seeds=3)
