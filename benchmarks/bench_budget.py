@@ -39,16 +39,10 @@ import sys
 
 import numpy as np
 
+from benchmarks.common import parse_seeds
 from reconstruction.geometry import Cage, Detector, Station, ViewGeometry
 from reconstruction.pipeline import reconstruct
 from reconstruction.triangulate import midpoint
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(x) for x in text.split(",")]
 
 
 def _jacobian(view: ViewGeometry, xyz: np.ndarray, h: float = 1e-4) -> np.ndarray:
@@ -154,7 +148,7 @@ def main(argv=None) -> int:
     pool: dict[str, list] = {k: [] for k in ("full", "true_geometry", "calibration", "bound")}
     for region in args.regions.split(","):
         for cage in args.cages.split(","):
-            for seed in _seeds(args.seeds):
+            for seed in parse_seeds(args.seeds):
                 b = exam_budget(simulate_exam(region, seed, cage=cage, **kw))
                 if not b["n"]:
                     print(f"| {region} | {cage} | {seed} | 0 | | | | | | |")

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import simulate_files
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,22 +77,7 @@ def main(argv=None) -> int:
         )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "acquisition.cli",
-                "simulate",
-                "--region",
-                "lower",
-                "--seed",
-                "1",
-                "--out",
-                str(out),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        simulate_files(out)
         exe = str(Path(sys.executable).with_name("rsa-station"))
         base = [
             exe,

@@ -50,6 +50,7 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from benchmarks.common import parse_seeds
 from reconstruction.migration import migrate
 from reconstruction.precision import precision
 
@@ -847,13 +848,6 @@ def print_series_table(out: dict) -> None:
             )
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -883,7 +877,7 @@ def main(argv=None) -> int:
     if args.part == "bound":
         out = bound(
             args.regions.split(","),
-            _seeds(args.seeds),
+            parse_seeds(args.seeds),
             full_resolution=not args.binned,
             cache=args.cache,
             mc=args.mc,
@@ -896,7 +890,7 @@ def main(argv=None) -> int:
     else:
         out = series(
             args.regions.split(","),
-            _seeds(args.seeds),
+            parse_seeds(args.seeds),
             args.source,
             args.noise,
             full_resolution=not args.binned,

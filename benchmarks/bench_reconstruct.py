@@ -41,15 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import parse_seeds, simulate_files
 from reconstruction.geometry import Cage, Station
 from reconstruction.pipeline import reconstruct
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(x) for x in text.split(",")]
 
 
 def exam_figures(ex, res) -> dict:
@@ -286,7 +280,7 @@ def accuracy(args) -> None:
     for region in ("spine", "upper", "lower"):
         for cage in ("uniplanar", "biplanar"):
             rows = []
-            for seed in _seeds(args.seeds):
+            for seed in parse_seeds(args.seeds):
                 ex = simulate_exam(region, seed, cage=cage)
                 st, cg = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
                 images = {k: f.to_raw_image() for k, f in ex.frames.items()}
@@ -334,22 +328,7 @@ def speed(args) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "acquisition.cli",
-                "simulate",
-                "--region",
-                "lower",
-                "--seed",
-                "1",
-                "--out",
-                str(out),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        simulate_files(out)
         exe = Path(sys.executable).with_name("rsa-station")
         cmd = [
             str(exe),
