@@ -228,19 +228,41 @@ def identify(
     # covariance, nothing matched): it is taken once per call and shared.
     first = _first_vote(ctx, max(1, hypotheses))
     best = None
-    for h in range(max(1, hypotheses)):
-        sol = _solve(ctx, h, first)
-        if sol is None:
-            break
-        mk, dk, x, cov = sol
+    solutions = []
+
+    def consider(sol) -> bool:
+        """Keep the best solution so far; True when ``sol`` is no alias."""
+        nonlocal best
+        mk, dk, x, _ = sol
         resid = np.linalg.norm(lin.predict(x)[mk] - det_rc[dk], axis=1) if len(mk) else []
         key = (len(mk), -float(np.mean(resid)) if len(mk) else 0.0)
         if best is None or key > best[0]:
             best = (key, sol)
         # a solution that explains most markers it puts in the image is not an alias
         inside = cand & inside_image(lin.predict(x), det, 10.0)
-        if len(mk) >= 0.8 * max(int(inside.sum()), 1):
+        return len(mk) >= 0.8 * max(int(inside.sum()), 1)
+
+    done = False
+    for h in range(max(1, hypotheses)):
+        sol = _solve(ctx, h, first)
+        if sol is None:
             break
+        solutions.append(sol)
+        if consider(sol):
+            done = True
+            break
+    # Each hypothesis may have found a different group of markers (one plane of
+    # a two-plane cage) and then missed the other, whose shift relative to the
+    # first is what a focal spot far off its nominal place changes: the union
+    # of two partial solutions, where they agree, is a start that holds both.
+    for a in range(len(solutions)):
+        for b in range(a + 1, len(solutions)):
+            if done:
+                break
+            start = _union(solutions[a], solutions[b])
+            sol = None if start is None else _solve(ctx, 0, first, start=start)
+            if sol is not None:
+                done = consider(sol)
     if best is None:
         return empty
     mk, dk, x, cov = best[1]
@@ -319,21 +341,58 @@ def _first_vote(ctx, hypotheses: int):
     return vote, peaks
 
 
-def _solve(ctx, first_choice: int, first=None):
+def _union(a, b):
+    """The (marker, blob) pairs of two solutions where they do not contradict.
+
+    A marker paired with two different blobs, or a blob with two different
+    markers, is left out. Returns (markers, blobs), or None when fewer than
+    three pairs remain or one solution holds the other.
+    """
+    mk = np.r_[a[0], b[0]]
+    dk = np.r_[a[1], b[1]]
+    pairs = np.unique(np.stack([mk, dk], axis=1), axis=0)
+    mk, dk = pairs[:, 0], pairs[:, 1]
+    m_ids, m_count = np.unique(mk, return_counts=True)
+    d_ids, d_count = np.unique(dk, return_counts=True)
+    ok = ~np.isin(mk, m_ids[m_count > 1]) & ~np.isin(dk, d_ids[d_count > 1])
+    if ok.sum() < 3 or ok.sum() <= max(len(a[0]), len(b[0])):
+        return None
+    return mk[ok], dk[ok]
+
+
+def _solve(ctx, first_choice: int, first=None, start=None):
     """Vote, fit and assign round after round; ``first_choice`` picks the first vote's peak.
 
     ``first`` is the shared first vote from :func:`_first_vote` (taken here
-    when not given). Returns (marker idx, blob idx, x, cov), or None when the
-    chosen first peak does not exist.
+    when not given). ``start`` is a (markers, blobs) pairing to begin from
+    instead of the first vote (see :func:`_union`). Returns (marker idx, blob
+    idx, x, cov), or None when the chosen first peak does not exist.
     """
     lin, _n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
-    if first is None:
-        first = _first_vote(ctx, first_choice + 1)
     x = np.zeros(N_PARAMS)
     cov = np.eye(N_PARAMS)
     mk = np.zeros(0, int)
     dk = np.zeros(0, int)
-    for rnd in range(6):
+    if start is not None:
+        mk, dk = start
+        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
+        mk, dk, x, cov = _icp(
+            lin,
+            x,
+            cov,
+            cand,
+            tree,
+            det_rc,
+            radius_ok,
+            sigma_px,
+            bandwidth,
+            fitted=(tuple(mk), tuple(dk)),
+        )
+        if len(mk) < 3:
+            return None
+    elif first is None:
+        first = _first_vote(ctx, first_choice + 1)
+    for rnd in range(0 if start is None else 1, 6):
         if rnd == 0:
             vote, peaks = first
         else:
