@@ -235,7 +235,12 @@ def why_missed(ex, res, station, cage, images) -> list[str]:
             rivals = np.r_[
                 np.flatnonzero(m.edges[ka]).astype(float), np.flatnonzero(m.edges[:, kb])
             ]
-            if paired_a or paired_b:
+            if any(p[0] == ka and p[1] == kb for p in m.unreliable):
+                why.append(
+                    "matched, then left out: its crossing distance's standard error "
+                    "times the gate reaches the crossing limit"
+                )
+            elif paired_a or paired_b:
                 why.append(f"paired wrongly (A{ka}-B{paired_a}, A{paired_b}-B{kb})")
             elif amb:
                 comp = [

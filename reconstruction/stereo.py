@@ -84,6 +84,9 @@ class Matching:
         Symmetric epipolar distance of each pair (px), for diagnosis.
     edges : ndarray (nA, nB) bool
         Pairs that were candidates (within the gate and physically possible).
+    unreliable : ndarray (k, 2)
+        Matched pairs left out of the markers afterwards because their centres
+        are too uncertain (see ``pipeline.stereo_markers``).
     """
 
     pairs: np.ndarray
@@ -92,6 +95,7 @@ class Matching:
     gate_px: np.ndarray | None = None
     distance_px: np.ndarray | None = None
     edges: np.ndarray | None = None
+    unreliable: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), int))
 
 
 #: Largest component of the gated-pair graph whose assignments are weighed (larger

@@ -13,7 +13,8 @@ from test_calibration import make_cage, make_station, perturb, render_view
 
 from reconstruction.calibrate import inside_image
 from reconstruction.image import RawImage
-from reconstruction.pipeline import reconstruct
+from reconstruction.pipeline import _analyse_views, qc_checks, reconstruct, stereo_markers
+from reconstruction.qc import DEFAULT_LIMITS
 
 BEAD_D = 0.8
 
@@ -117,3 +118,29 @@ def test_patient_moving_1mm_between_exposures_is_sent_back(seed):
     crossing = next(c for c in out["qc"]["checks"] if c["code"] == "crossing_error")
     assert not crossing["passed"]
     assert crossing["value"] is None or crossing["value"] > 0.5
+
+
+def test_a_bead_too_uncertain_for_the_sync_check_does_not_send_a_still_patient_back(still):
+    """A bead half hidden by metal: its centre 3 px off across the epipolar line
+    in view A, with the wide sigma such a fit gets (0.9 px). Matched within that
+    sigma's gate it would cross 0.4 mm from its partner and fail the sync check
+    for a patient who did not move; it is left out instead."""
+    station, cage, _truth, _beads, images = still
+    views = _analyse_views(station, cage, images)
+    markers, _amb, _m = stereo_markers(views)
+    victim = markers[0]
+    k = victim.det_idx["A"]
+    det = views["A"].detections
+    det.rc[k, 0] += 3.0  # rows run across this station's epipolar lines
+    det.sigma_px[k] = 0.9
+    # with no limit on the crossing's uncertainty the bead is reported and fails the check
+    loose, _amb, _m = stereo_markers(views, crossing_limit_mm=10.0)
+    moved = [m for m in loose if m.det_idx["A"] == k]
+    assert len(moved) == 1 and moved[0].crossing_mm > 0.3
+    # at the contract's limit it is left out, and nothing else is
+    kept, _amb, matching = stereo_markers(views)
+    assert [m.det_idx for m in kept if m.det_idx["A"] == k] == []
+    assert len(kept) == len(markers) - 1
+    assert [k] == [views["A"].patient_idx[p[0]] for p in matching.unreliable]
+    checks = {c.code: c for c in qc_checks(views, kept, DEFAULT_LIMITS)}
+    assert checks["crossing_error"].passed
