@@ -105,6 +105,9 @@ class Detections:
     noise: np.ndarray
     rejected: list[tuple[np.ndarray, str]] = field(default_factory=list)
     model_shift_px: np.ndarray | None = None
+    # standard error of blur_px (px): a small shadow's radius and blur trade
+    # off in the fit, so its blur alone says little
+    blur_sigma_px: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rc)
@@ -121,6 +124,7 @@ class Detections:
             self.noise[idx],
             [],
             None if self.model_shift_px is None else self.model_shift_px[idx],
+            None if self.blur_sigma_px is None else self.blur_sigma_px[idx],
         )
 
     @classmethod
@@ -1062,7 +1066,10 @@ def _select(
         | (r0 + extent > rows - 0.5)
         | (c0 + extent > cols - 0.5)
     )
-    reason[(reason == "") & (cut | ~inside_ok)] = "cut by the image edge"
+    # (a window reaching past the edge is fine: those pixels carry no weight;
+    # a marker 10 px inside counts as expected, and a 2 mm cage marker's
+    # window is 17 px wide. ``inside_ok`` stays for callers that want whole windows.)
+    reason[(reason == "") & cut] = "cut by the image edge"
     reason[(reason == "") & ((a <= 0) | (snr < min_snr))] = "not significant"
     bad_size = (
         (rad < 0.5 * scale.r_min) | (rad > 1.5 * scale.r_max) | (s > max(2.5, 0.9 * scale.r_max))
@@ -1097,6 +1104,7 @@ def _select(
         sigma_px=sig[ok].copy(),
         noise=noise[ok].copy(),
         model_shift_px=None if shift is None else shift[ok].copy(),
+        blur_sigma_px=np.sqrt(np.maximum(cov[ok, 3], 0.0)),
     )
     det.rejected = [
         (params[i, :2].copy(), str(reason[i]))
