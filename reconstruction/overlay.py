@@ -140,9 +140,10 @@ def draw_reconstruction(image: RawImage | np.ndarray, result, view: str) -> np.n
             cv2.circle(rgb, _pt(rc, s), max(3, r // 2), YELLOW, 1, cv2.LINE_AA)
     for j in v.found_det_idx:
         cv2.circle(rgb, _pt(det.rc[j], s), r, GREEN, 2, cv2.LINE_AA)
-    found = np.zeros(len(v.expected), bool)
-    found[v.found_marker_idx] = True
-    for i in np.flatnonzero(v.expected & ~found):
+    for i in v.confirmed_marker_idx:
+        # seen where the calibration puts it, too faint to be measured
+        cv2.circle(rgb, _pt(v.predicted_rc[i], s), r, GREEN, 1, cv2.LINE_AA)
+    for i in np.flatnonzero(v.expected & ~v.found_mask):
         cv2.circle(rgb, _pt(v.predicted_rc[i], s), r + 2, RED, 2, cv2.LINE_AA)
     for m in result.markers:
         p = _pt(m.image_px[view], s)
@@ -169,7 +170,11 @@ def draw_reconstruction(image: RawImage | np.ndarray, result, view: str) -> np.n
                 f"{len(result.markers)} patient markers, verdict {result.verdict}",
                 GREEN if result.verdict == "pass" else RED,
             ),
-            ("green cage, red missing, cyan patient, magenta ambiguous", (255, 255, 255)),
+            (
+                "green cage (thin: faint, seen at its place), red missing, cyan patient,"
+                " magenta ambiguous",
+                (255, 255, 255),
+            ),
         ],
     )
     return rgb

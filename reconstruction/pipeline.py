@@ -16,6 +16,7 @@ import numpy as np
 
 from reconstruction.cage_id import Identification, identify
 from reconstruction.calibrate import Calibration, PoseModel, calibrate, casts_shadow, inside_image
+from reconstruction.confirm import confirm_markers, display_gatherer
 from reconstruction.detect import (
     Detections,
     MarkerScale,
@@ -150,14 +151,25 @@ class ViewResult:
     pose_model: PoseModel | None = None
     # covariance (9 x 9, physical units of PoseModel's theta) of the calibrated pose
     theta_cov: np.ndarray | None = None
+    # expected markers too faint for the search, seen where the calibrated
+    # geometry puts them (reconstruction.confirm): found, but not measured
+    confirmed_marker_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
     @property
     def n_expected(self) -> int:
         return int(self.expected.sum())
 
     @property
+    def found_mask(self) -> np.ndarray:
+        """Cage markers found: identified, or confirmed at their predicted place."""
+        found = np.zeros(len(self.expected), bool)
+        found[self.found_marker_idx] = True
+        found[self.confirmed_marker_idx] = True
+        return found
+
+    @property
     def n_found(self) -> int:
-        return int(self.expected[self.found_marker_idx].sum())
+        return int((self.expected & self.found_mask).sum())
 
     def to_dict(self) -> dict:
         cal = self.calibration
@@ -402,6 +414,16 @@ def analyse_view(
         pred, geometry.detector, EXPECTED_MARGIN_PX
     )
     residual = det.rc[dk] - pred[mk] if len(mk) else np.zeros((0, 2))
+    confirmed = np.zeros(0, int)
+    if cal is not None:
+        # markers the search missed, looked for where the calibration puts them
+        unseen = np.ones(len(xyz), bool)
+        unseen[mk] = False
+        faint = np.flatnonzero(expected & unseen)
+        if len(faint):
+            r_geo = shadow_radii_px(geometry, xyz[faint], cage_diameters(cage)[faint])
+            seen = confirm_markers(display_gatherer(display), pred[faint], r_geo)
+            confirmed = faint[seen]
 
     rules = patient_rules(det, geometry, cage, dk, pred)
     if include_beads and len(det):
@@ -429,6 +451,7 @@ def analyse_view(
         patient_idx=np.flatnonzero(keep),
         marker_residual_px=residual,
         pose_model=model,
+        confirmed_marker_idx=confirmed,
         theta_cov=None
         if cal is None
         else pose_covariance(model, cal.theta, xyz[mk], det.rc[dk], det.sigma_px[dk]),
