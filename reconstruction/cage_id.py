@@ -368,26 +368,13 @@ def _solve(ctx, first_choice: int, first=None, start=None):
     instead of the first vote (see :func:`_union`). Returns (marker idx, blob
     idx, x, cov), or None when the chosen first peak does not exist.
     """
-    lin, _n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
+    bandwidth = ctx[7]
     x = np.zeros(N_PARAMS)
     cov = np.eye(N_PARAMS)
     mk = np.zeros(0, int)
     dk = np.zeros(0, int)
     if start is not None:
-        mk, dk = start
-        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
-        mk, dk, x, cov = _icp(
-            lin,
-            x,
-            cov,
-            cand,
-            tree,
-            det_rc,
-            radius_ok,
-            sigma_px,
-            bandwidth,
-            fitted=(tuple(mk), tuple(dk)),
-        )
+        mk, dk, x, cov = _fit_and_assign(ctx, *start)
         if len(mk) < 3:
             return None
     elif first is None:
@@ -423,20 +410,26 @@ def _solve(ctx, first_choice: int, first=None, start=None):
         dk = np.r_[dk, ud[c[ok]]]
         if len(mk) < 3:
             break
-        x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
-        mk, dk, x, cov = _icp(
-            lin,
-            x,
-            cov,
-            cand,
-            tree,
-            det_rc,
-            radius_ok,
-            sigma_px,
-            bandwidth,
-            fitted=(tuple(mk), tuple(dk)),
-        )
+        mk, dk, x, cov = _fit_and_assign(ctx, mk, dk)
     return mk, dk, x, cov
+
+
+def _fit_and_assign(ctx, mk, dk):
+    """Fit the pose to the pairs (mk, dk), then assign and refit until stable (:func:`_icp`)."""
+    lin, _n, cand, tree, det_rc, radius_ok, sigma_px, bandwidth = ctx
+    x, cov = _fit(lin, mk, det_rc[dk], sigma_px)
+    return _icp(
+        lin,
+        x,
+        cov,
+        cand,
+        tree,
+        det_rc,
+        radius_ok,
+        sigma_px,
+        bandwidth,
+        fitted=(tuple(mk), tuple(dk)),
+    )
 
 
 def _icp(lin, x, cov, cand, tree, det_rc, radius_ok, sigma_px, max_gate, fitted=None):

@@ -98,21 +98,22 @@ def render_view(
     noiseless=False,
 ):
     """Render the shadows of spheres (cage markers, beads) on a view's detector."""
+    counts = shadow_counts(
+        view, points, diameters, quanta=quanta, seed=seed, texture=texture, noiseless=noiseless
+    )
+    return as_raw(counts, photometric), view.project(points)
+
+
+def shadow_counts(view, points, diameters, **render) -> np.ndarray:
+    """Detector counts of the spheres' shadows on ``view`` (render_beads' keywords;
+    pixel_mm defaults to the station's SP)."""
     det = view.detector
     rc = view.project(points)
     rad = shadow_radius_px(view, points, diameters)
     vis = casts_shadow(view, points) & inside_image(rc, det, -10)
-    counts, _ = render_beads(
-        (det.rows, det.columns),
-        rc[vis],
-        rad[vis],
-        pixel_mm=SP,
-        quanta=quanta,
-        seed=seed,
-        texture=texture,
-        noiseless=noiseless,
-    )
-    return as_raw(counts, photometric), rc
+    render.setdefault("pixel_mm", SP)
+    counts, _ = render_beads((det.rows, det.columns), rc[vis], rad[vis], **render)
+    return counts
 
 
 def cage_scale(view: ViewGeometry, cage: Cage) -> MarkerScale:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from scipy.stats import chi2
-from test_calibration import SP, make_cage, make_station, perturb, shadow_radius_px
+from test_calibration import SP, make_cage, make_station, perturb, shadow_counts, shadow_radius_px
 from test_detect_synthetic import as_raw, render_beads
 from test_reconstruct_synthetic import BEAD_D, patient_beads
 
@@ -92,14 +92,10 @@ def store(counts: np.ndarray, storage: str) -> RawImage:
 def render(view, points, diameters, case: Case, seed: int) -> RawImage:
     """test_calibration.render_view with the case's pixel spacing, blur, quanta and storage
     (render_view renders at SP with the default blur)."""
-    det = view.detector
-    rc = view.project(points)
-    rad = shadow_radius_px(view, points, diameters)
-    vis = casts_shadow(view, points) & inside_image(rc, det, -10)
-    counts, _ = render_beads(
-        (det.rows, det.columns),
-        rc[vis],
-        rad[vis],
+    counts = shadow_counts(
+        view,
+        points,
+        diameters,
         pixel_mm=case.sp,
         blur_px=case.blur_px,
         quanta=case.quanta,
