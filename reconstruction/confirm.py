@@ -20,12 +20,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from reconstruction.detect import correlation_width_from_ratio
 from reconstruction.lightweight import erfc
 
-#: Contrast over its standard error for a faint marker to count as seen. One
-#: test per missing marker (tens per image), so 5 leaves about one false
-#: confirmation in a million images under Gaussian noise; texture and edges,
-#: which are not Gaussian, are held off by :data:`MAX_MISFIT` as well.
+#: Contrast over its standard error for a faint marker to count as seen, both
+#: against the pixel noise and against the local null (:data:`NULL_PLACES`).
+#: One test per missing marker (tens per image): 5 leaves about one false
+#: confirmation in 100,000 images under Gaussian noise; texture and edges,
+#: which are not Gaussian, are held off by the local null and
+#: :data:`MAX_MISFIT`.
 CONFIRM_SNR = 5.0
 #: Largest RMS residual over the noise for the window to count as a disc on a
 #: plane (an edge, a bead or a metal border in the window raises it).
@@ -55,21 +58,17 @@ def _kernel(half: int, b: float) -> np.ndarray:
 def correlation_width(win: np.ndarray) -> float:
     """Width b (px) of the noise's Gaussian autocorrelation, from windows (n, h, w).
 
-    As :func:`reconstruction.detect.noise_correlation` (the variance of pixel
-    differences at lags 1 and 2), pooled over the windows; structure in them
-    can only raise it, which makes the test more cautious.
+    As :func:`reconstruction.detect.noise_correlation` (pixel differences at
+    lags 1 and 2; here their mean absolute values, squared for the variance
+    ratio), pooled over the windows; structure in them can only raise it,
+    which makes the test more cautious.
     """
     # mean absolute differences (a median over every pixel of every window
     # cost more than the test itself); windows are centred on the disc, which
     # adds to both lags alike
     d1 = np.mean(np.abs(np.diff(win, axis=2))) + np.mean(np.abs(np.diff(win, axis=1)))
     d2 = np.mean(np.abs(win[:, :, 2:] - win[:, :, :-2])) + np.mean(np.abs(win[:, 2:] - win[:, :-2]))
-    q = float((d2 / max(d1, 1e-12)) ** 2)
-    if q <= 1.02:
-        return 0.0
-    bs = np.linspace(0.05, 5.0, 400)
-    qs = (1 - np.exp(-1 / bs**2)) / (1 - np.exp(-1 / (4 * bs**2)))
-    return float(np.interp(min(q, qs[-1]), qs, bs))
+    return correlation_width_from_ratio(float((d2 / max(d1, 1e-12)) ** 2))
 
 
 def marker_snr(

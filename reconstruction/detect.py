@@ -933,7 +933,12 @@ def noise_correlation(display: np.ndarray, step: int = 32) -> float:
     v2 = np.r_[
         _robust_sigma((d[:, 2:] - d[:, :-2]).ravel()), _robust_sigma((e[2:] - e[:-2]).ravel())
     ]
-    q = float(np.mean((v2 / v1) ** 2))
+    return correlation_width_from_ratio(float(np.mean((v2 / v1) ** 2)))
+
+
+def correlation_width_from_ratio(q: float) -> float:
+    """Width b of ``exp(-d^2 / (4 b^2))`` whose lag-2 to lag-1 difference variance
+    ratio is ``q`` (``(1 - rho(2)) / (1 - rho(1))``); 0 (white) at or below 1.02."""
     if q <= 1.02:
         return 0.0
     bs = np.linspace(0.05, 5.0, 400)
