@@ -138,7 +138,7 @@ class _Undetected:
         self.display = detect.full_display(image)
         k = self.scale.factor
         self.cand = detect.coarse_candidates(
-            self.small, k, self.scale, 5.0, 3.0, clutter_clip=detect.CLUTTER_CLIP
+            self.small, k, self.scale, 5.0, 3.0, clutter_clip=detect.CLUTTER_CLIP, local_noise=True
         )[0]
         self.no_clutter = detect.coarse_candidates(self.small, k, self.scale, 5.0, 0.0)
         self.any_max = detect.coarse_candidates(self.small, k, self.scale, 0.0, 0.0)

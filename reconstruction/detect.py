@@ -212,6 +212,8 @@ MAX_CANDIDATES = 5000
 # with no false marker and no wrong calibration on 18 exams (docs/benchmarks.md) for
 # ~10 % more CPU.
 CLUTTER_CLIP = 3.0
+#: Peaks this many clip levels above the threshold skip the clutter test.
+VERY_STRONG = 3.0
 
 
 def _tiles(a: np.ndarray, nb_r: int, nb_c: int, block: int) -> np.ndarray:
@@ -388,6 +390,9 @@ def coarse_candidates(
             mad = np.median(np.abs(win - med[:, None]), axis=1)
             robust = dog[r[s_idx], c[s_idx]] / np.sqrt(med**2 + (1.4826 * mad) ** 2 + 1.0)
             keep[s_idx[robust > clutter_ratio]] = True
+        # Far above any texture (VERY_STRONG clip levels), a peak is a marker
+        # or metal, whatever surrounds it: the fit tells which.
+        keep |= dog[r, c] >= VERY_STRONG * clip
     r, c, ratio = r[keep], c[keep], ratio[keep]
     if len(r) == 0:
         return np.zeros((0, 2)), np.zeros(0)

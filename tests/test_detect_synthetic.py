@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from reconstruction import detect
 from reconstruction.detect import MarkerScale, cramer_rao_centre, detect_markers
 from reconstruction.image import RawImage
 
@@ -158,3 +159,30 @@ def test_bead_closer_to_larger_markers_passes_the_robust_clutter_scale(dist, big
     their rims in the local RMS (found 0-3 of 4 before the robust scale); the
     median/MAD scale ignores them, as they cover a minority of the window."""
     _bead_beside_three_markers(dist, big_r, seeds=3)
+
+
+@pytest.mark.parametrize("dist", [8.0, 10.0])
+def test_bright_bead_beside_metal_is_a_candidate(monkeypatch, dist):
+    """A bright bead ``dist`` px from the border of a large metal part: the border's
+    band-pass response fills the clutter window in the RMS, the clipped RMS and the
+    median/MAD scale alike, and the clutter test alone loses the bead (as four
+    beads of 14-130 SNR on implant borders in the simulator's exams). A peak far
+    above any texture (``VERY_STRONG`` clip levels) goes to the fit, which finds
+    the bead."""
+    shape = (240, 240)
+    bead = np.array([[120.4, 119.7]])
+    counts, _ = render_beads(shape, bead, np.array([3.5]), quanta=2000.0, seed=3)
+    rows = np.arange(shape[0])[:, None]
+    counts = np.where(rows - 120.0 > dist, counts * 0.08, counts)  # the metal
+    raw = as_raw(counts, bits=16)
+    scale = MarkerScale(2.5, 5.0)
+
+    def near(rc, tol):
+        return bool(len(rc)) and np.linalg.norm(rc - bead, axis=1).min() < tol
+
+    small = detect.reduced_display(raw, scale.factor)
+    args = (small, scale.factor, scale, 5.0, 3.0)
+    assert near(detect.coarse_candidates(*args, clutter_clip=detect.CLUTTER_CLIP)[0], 1.5)
+    assert near(detect_markers(raw, scale).rc, 0.5)
+    monkeypatch.setattr(detect, "VERY_STRONG", np.inf)
+    assert not near(detect.coarse_candidates(*args, clutter_clip=detect.CLUTTER_CLIP)[0], 1.5)
