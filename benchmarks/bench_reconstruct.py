@@ -318,19 +318,24 @@ def accuracy(args) -> None:
 def speed(args) -> None:
     from simulator.exam import simulate_exam
 
-    ex = simulate_exam("lower", 1)
-    st, cg = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
-    images = {k: f.to_raw_image() for k, f in ex.frames.items()}
-    reconstruct(st, cg, images)
-    times = []
-    for _ in range(args.n):
-        t = time.perf_counter()
-        reconstruct(st, cg, images)
-        times.append(time.perf_counter() - t)
-    print(
-        f"in-process reconstruct (lower, seed 1): best {min(times):.3f} s, "
-        f"median {statistics.median(times):.3f} s over {args.n}"
-    )
+    # every region and cage, not one: the spine's lateral view, the shoulders
+    # over the cage, was 5x slower than the knee exam this used to time alone
+    for region in ("lower", "upper", "spine"):
+        for cage in ("uniplanar", "biplanar"):
+            ex = simulate_exam(region, 1, cage=cage)
+            st, cg = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
+            images = {k: f.to_raw_image() for k, f in ex.frames.items()}
+            reconstruct(st, cg, images)
+            times = []
+            for _ in range(args.n):
+                t = time.perf_counter()
+                reconstruct(st, cg, images)
+                times.append(time.perf_counter() - t)
+            print(
+                f"in-process reconstruct ({region}, {cage}, seed 1): best {min(times):.3f} s, "
+                f"median {statistics.median(times):.3f} s over {args.n}",
+                flush=True,
+            )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         simulate_files(out)
