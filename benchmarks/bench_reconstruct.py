@@ -154,9 +154,8 @@ class _Undetected:
             if d3 <= tol:
                 return f"coarse: below the threshold (band-pass {self.any_max[1][k3]:.1f} sigma)"
             return "coarse: no local maximum (merged with a neighbour's)"
-        p, _, chi, noise, _, rms_in, *_ = self.detect.fit_markers(
-            self.display, self.cand[k : k + 1], self.scale
-        )
+        fit = self.detect.fit_markers(self.display, self.cand[k : k + 1], self.scale)
+        p, chi, noise, rms_in = fit.params, fit.chi, fit.noise, fit.rms_in
         snr = p[0, 4] / noise[0] * np.sqrt(np.pi) * max(p[0, 2], p[0, 3])
         rel = rms_in[0] / max(p[0, 4], 1e-12)
         return (

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -694,6 +695,55 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
     return p, cost, jac
 
 
+class MarkerFit(NamedTuple):
+    """What :func:`fit_markers` returns, one row per candidate (NaN where skipped).
+
+    Attributes
+    ----------
+    params : ndarray (n, 8)
+        r0, c0 (absolute px), R, s, A, B0, Br, Bc.
+    cov_diag : ndarray (n, 8)
+        Diagonal of the parameter covariance at the measured noise.
+    chi : ndarray (n,)
+        RMS residual over the disc and its edge, over the larger of the
+        background ring's RMS residual and the pixel noise (about 1 for one
+        disc on any background).
+    noise : ndarray (n,)
+        Window noise (first differences, robust).
+    rms_in : ndarray (n,)
+        RMS residual over the disc and its edge (display units).
+    has_edge : ndarray (n,) bool
+        The fit kept a step edge in the background.
+    shift : ndarray (n,)
+        Distance (px) between the centres of the additive first fit and the
+        final model.
+    edge : ndarray (n, 4)
+        The step's E, theta, d, s_e where ``has_edge`` (height 0 elsewhere).
+    """
+
+    params: np.ndarray
+    cov_diag: np.ndarray
+    chi: np.ndarray
+    noise: np.ndarray
+    rms_in: np.ndarray
+    has_edge: np.ndarray
+    shift: np.ndarray
+    edge: np.ndarray
+
+
+def _mask_nearer(weight, dr, dc, ci, own, a, other, b) -> None:
+    """Zero the pixels of windows ``a`` nearer to ``other[b]`` than to ``own[a]``.
+
+    ``dr``, ``dc`` are the window pixels' offsets from the integer centres ``ci``;
+    a pair may repeat (``np.multiply.at``).
+    """
+    ra = dr[a] + ci[a, 0:1]
+    ca = dc[a] + ci[a, 1:2]
+    d_own = (ra - own[a, 0:1]) ** 2 + (ca - own[a, 1:2]) ** 2
+    d_oth = (ra - other[b, 0:1]) ** 2 + (ca - other[b, 1:2]) ** 2
+    np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
+
+
 def fit_markers(
     display: np.ndarray,
     candidates: np.ndarray,
@@ -703,7 +753,7 @@ def fit_markers(
     screen_snr: float | None = None,
     edge_idx: np.ndarray | None = None,
     neighbours: np.ndarray | None = None,
-) -> tuple[np.ndarray, ...]:
+) -> MarkerFit:
     """Least-squares blurred-disc fit in small windows, all windows at once.
 
     Levenberg-Marquardt (Marquardt, J. SIAM 1963) batched over windows; pixels
@@ -720,33 +770,16 @@ def fit_markers(
     (:func:`_model_edge`), kept where chi-square drops by
     :data:`EDGE_MIN_DCHI2`; their bound then counts the edge's parameters.
     ``neighbours`` are further centres (not fitted) whose pixels are masked
-    out of the windows like the candidates' own.
-
-    Returns
-    -------
-    params : ndarray (n, 8)
-        r0, c0 (absolute px), R, s, A, B0, Br, Bc.
-    cov_diag : ndarray (n, 8)
-        Diagonal of the parameter covariance at the measured noise.
-    chi : ndarray (n,)
-        RMS residual over the disc and its edge, over the larger of the
-        background ring's RMS residual and the pixel noise (about 1 for one
-        disc on any background).
-    noise : ndarray (n,)
-        Window noise (first differences, robust).
-    inside_ok : ndarray (n,) bool
-        The window lay entirely within the image.
-    rms_in : ndarray (n,)
-        RMS residual over the disc and its edge (display units).
-    has_edge : ndarray (n,) bool
-        The fit kept a step edge in the background.
+    out of the windows like the candidates' own. Pixels past the image's
+    edge carry no weight.
     """
     n = len(candidates)
     h = scale.half_window
     if n == 0:
         z = np.zeros(0)
-        no = np.zeros(0, bool)
-        return np.zeros((0, 8)), np.zeros((0, 8)), z, z, no, z, no, z, np.zeros((0, 4))
+        return MarkerFit(
+            np.zeros((0, 8)), np.zeros((0, 8)), z, z, z, z.astype(bool), z, np.zeros((0, 4))
+        )
     ci = np.rint(candidates).astype(np.int64)
     win, inside, dr, dc = _gather(display, ci, h)
     m = win.shape[1] * win.shape[2]
@@ -754,7 +787,6 @@ def fit_markers(
     dr = dr.reshape(n, m).astype(np.float64)
     dc = dc.reshape(n, m).astype(np.float64)
     weight = inside.reshape(n, m).astype(np.float64)
-    inside_ok = weight.min(axis=1) > 0
 
     noise = _window_noise(win.reshape(n, 2 * h + 1, 2 * h + 1))
     rad0 = np.full(n, 0.5 * (scale.r_min + scale.r_max)) if radius_guess is None else radius_guess
@@ -766,21 +798,12 @@ def fit_markers(
         pairs = pairs_within(candidates, 2 * rwin + 1)
         if len(pairs):
             for a, b in ((pairs[:, 0], pairs[:, 1]), (pairs[:, 1], pairs[:, 0])):
-                # pixels of window a nearer to candidate b than to a's own centre
-                ra = dr[a] + ci[a, 0:1]
-                ca = dc[a] + ci[a, 1:2]
-                d_own = (ra - candidates[a, 0:1]) ** 2 + (ca - candidates[a, 1:2]) ** 2
-                d_oth = (ra - candidates[b, 0:1]) ** 2 + (ca - candidates[b, 1:2]) ** 2
-                np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
+                _mask_nearer(weight, dr, dc, ci, candidates, a, candidates, b)
     if neighbours is not None and len(neighbours):
         a, b, dist = neighbours_within(candidates, np.asarray(neighbours, float), 2 * rwin + 1)
         a, b = a[dist > 1e-6], b[dist > 1e-6]  # a candidate is not its own neighbour
         if len(a):
-            ra = dr[a] + ci[a, 0:1]
-            ca = dc[a] + ci[a, 1:2]
-            d_own = (ra - candidates[a, 0:1]) ** 2 + (ca - candidates[a, 1:2]) ** 2
-            d_oth = (ra - neighbours[b, 0:1]) ** 2 + (ca - neighbours[b, 1:2]) ** 2
-            np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
+            _mask_nearer(weight, dr, dc, ci, candidates, a, np.asarray(neighbours, float), b)
 
     # initial parameters
     ring = weight * ((dr**2 + dc**2) > (rad0[:, None] + 2) ** 2)
@@ -904,23 +927,17 @@ def fit_markers(
     params[:, 0] += ci[:, 0]
     params[:, 1] += ci[:, 1]
     params[:, 5] += offset
+    fit = MarkerFit(params, cov_diag, chi, noise, rms_in, has_edge, shift, edge)
     if n < n_all:
-        out = []
-        for arr in (params, cov_diag, chi, noise, rms_in):
-            full = np.full((n_all, *arr.shape[1:]), np.nan)
+        # back to one row per candidate: NaN (no edge, height 0) where skipped
+        rows = []
+        for arr in fit:
+            fill = False if arr.dtype == bool else (0.0 if arr is edge else np.nan)
+            full = np.full((n_all, *arr.shape[1:]), fill, dtype=arr.dtype)
             full[alive] = arr
-            out.append(full)
-        params, cov_diag, chi, noise, rms_in = out
-        edged = np.zeros(n_all, bool)
-        edged[alive] = has_edge
-        has_edge = edged
-        shifted = np.full(n_all, np.nan)
-        shifted[alive] = shift
-        shift = shifted
-        edged4 = np.zeros((n_all, 4))
-        edged4[alive] = edge
-        edge = edged4
-    return params, cov_diag, chi, noise, inside_ok, rms_in, has_edge, shift, edge
+            rows.append(full)
+        fit = MarkerFit(*rows)
+    return fit
 
 
 def noise_correlation(display: np.ndarray, step: int = 32) -> float:
@@ -1001,11 +1018,11 @@ def refit_on_edges(
     if len(idx) == 0 or len(det) == 0:
         return det
     fit = fit_markers(display, det.rc[idx], scale, edge_idx=np.arange(len(idx)), neighbours=det.rc)
-    ok = fit[6] & np.all(np.isfinite(fit[0]), axis=1)
+    ok = fit.has_edge & np.all(np.isfinite(fit.params), axis=1)
     take = idx[ok]
     if len(take) == 0:
         return det
-    p, edge = fit[0][ok], fit[8][ok]
+    p, edge = fit.params[ok], fit.edge[ok]
     # the shadow's level against the background at the bead's centre (the
     # plane and the step there), as the plain fit's contrast is
     rel = p[:, :2] - np.rint(det.rc[take])
@@ -1019,13 +1036,13 @@ def refit_on_edges(
     out.blur_px[take] = p[:, 3]
     out.contrast[take] = contrast
     out.relative_contrast[take] = contrast / det.noise[take]
-    out.residual[take] = fit[2][ok]
+    out.residual[take] = fit.chi[ok]
     # The noise's share of the bound stays the plain model's (what the photons
     # allow; the edge's own parameters would count the background's shape
     # twice), the model term is this refit's shift from the additive fit.
     noise = noise_bound(det)[take]
     if out.model_shift_px is not None:
-        out.model_shift_px[take] = np.maximum(fit[7][ok], out.model_shift_px[take])
+        out.model_shift_px[take] = np.maximum(fit.shift[ok], out.model_shift_px[take])
         out.sigma_px[take] = with_model_uncertainty(noise, out.model_shift_px[take])
     return out
 
@@ -1069,7 +1086,7 @@ def detect_markers(
     if display is None:
         display = full_display(image)
     fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
-    det = _select(*fit[:6], display.shape, scale, min_snr, max_chi, shift=fit[7])
+    det = _select(fit, display.shape, scale, min_snr, max_chi)
     b = noise_correlation(display)
     if b > 0.45:  # neighbours correlated by more than ~0.3: white noise no longer describes it
         det.sigma_px = correlated_sigma(det, b, int(np.ceil(scale.r_max + 2)))
@@ -1093,8 +1110,8 @@ def with_model_uncertainty(sigma_px: np.ndarray, shift_px: np.ndarray | None) ->
     does not show; the distance between the centres of two background
     models (:data:`MODEL_SHIFT_FRACTION` of it) stands for that bias, added
     in quadrature, so that matching gates and the reported uncertainty stay
-    honest and :data:`reconstruction.pipeline.MAX_BEAD_SIGMA_MM` keeps such
-    beads out.
+    honest (:data:`reconstruction.pipeline.MAX_BEAD_SIGMA_MM` judges the
+    noise's part alone, :func:`noise_bound`).
     """
     if shift_px is None:
         return sigma_px
@@ -1110,9 +1127,15 @@ def noise_bound(det: Detections) -> np.ndarray:
     return np.sqrt(np.maximum(det.sigma_px**2 - extra**2, 0.0))
 
 
-def _select(
-    params, cov, chi, noise, inside_ok, rms_in, shape, scale, min_snr, max_chi, shift=None
-) -> Detections:
+def _select(fit: MarkerFit, shape, scale, min_snr, max_chi) -> Detections:
+    params, cov, chi, noise, rms_in, shift = (
+        fit.params,
+        fit.cov_diag,
+        fit.chi,
+        fit.noise,
+        fit.rms_in,
+        fit.shift,
+    )
     rows, cols = shape
     r0, c0, rad, s, a = params[:, 0], params[:, 1], params[:, 2], params[:, 3], params[:, 4]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1134,7 +1157,7 @@ def _select(
     )
     # (a window reaching past the edge is fine: those pixels carry no weight;
     # a marker 10 px inside counts as expected, and a 2 mm cage marker's
-    # window is 17 px wide. ``inside_ok`` stays for callers that want whole windows.)
+    # window is 17 px wide)
     reason[(reason == "") & cut] = "cut by the image edge"
     reason[(reason == "") & ((a <= 0) | (snr < min_snr))] = "not significant"
     bad_size = (
@@ -1169,7 +1192,7 @@ def _select(
         residual=chi[ok].copy(),
         sigma_px=sig[ok].copy(),
         noise=noise[ok].copy(),
-        model_shift_px=None if shift is None else shift[ok].copy(),
+        model_shift_px=shift[ok].copy(),
         blur_sigma_px=np.sqrt(np.maximum(cov[ok, 3], 0.0)),
     )
     det.rejected = [
