@@ -26,6 +26,7 @@ pattern, and a missing marker simply stays unassigned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 
@@ -255,14 +256,13 @@ def identify(
     # a two-plane cage) and then missed the other, whose shift relative to the
     # first is what a focal spot far off its nominal place changes: the union
     # of two partial solutions, where they agree, is a start that holds both.
-    for a in range(len(solutions)):
-        for b in range(a + 1, len(solutions)):
-            if done:
-                break
-            start = _union(solutions[a], solutions[b])
-            sol = None if start is None else _solve(ctx, 0, first, start=start)
-            if sol is not None:
-                done = consider(sol)
+    for a, b in combinations(solutions, 2):
+        if done:
+            break
+        start = _union(a, b)
+        sol = None if start is None else _solve(ctx, 0, first, start=start)
+        if sol is not None:
+            done = consider(sol)
     if best is None:
         return empty
     mk, dk, x, cov = best[1]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from reconstruction.detect import correlation_width_from_ratio
+from reconstruction.detect import _gather, correlation_width_from_ratio
 from reconstruction.lightweight import erfc
 
 #: Contrast over its standard error for a faint marker to count as seen, both
@@ -187,14 +187,11 @@ def confirm_markers(
 
 
 def display_gatherer(display: np.ndarray) -> Callable[[np.ndarray, int], tuple]:
-    """A ``gather`` for :func:`confirm_markers` over a full display image."""
-    rows, cols = display.shape
+    """A ``gather`` for :func:`confirm_markers` over a full display image (the
+    fit's own window reader, :func:`reconstruction.detect._gather`)."""
 
     def gather(points: np.ndarray, half: int):
         ci = np.rint(points).astype(np.intp)
-        off = np.arange(-half, half + 1)
-        rr = np.clip(ci[:, 0, None, None] + off[None, :, None], 0, rows - 1)
-        cc = np.clip(ci[:, 1, None, None] + off[None, None, :], 0, cols - 1)
-        return display[rr, cc].astype(np.float64), points - ci
+        return _gather(display, ci, half)[0], points - ci
 
     return gather

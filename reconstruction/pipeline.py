@@ -30,7 +30,7 @@ from reconstruction.geometry import VIEW_NAMES, Cage, Station, ViewGeometry
 from reconstruction.image import RawImage
 from reconstruction.lightweight import linear_sum_assignment, neighbours_within
 from reconstruction.qc import DEFAULT_LIMITS, QCCheck, QCLimits, at_least, at_most, verdict
-from reconstruction.stereo import Matching, match
+from reconstruction.stereo import Matching, epipolar_distances, fundamental_matrix, match
 from reconstruction.triangulate import midpoint
 
 #: Diameters of the patient's tantalum markers that detection is sized for (mm):
@@ -276,8 +276,6 @@ def epipolar_calibration_sigma(
     """Standard error (px, nA x nB) of each pair's epipolar distance from the two
     calibrations: the distance's change along each principal axis of each pose's
     covariance, one standard deviation each (linear propagation)."""
-    from reconstruction.stereo import epipolar_distances, fundamental_matrix
-
     var = np.zeros((len(rc_a), len(rc_b)))
     p_a, p_b = va.geometry.projection_matrix(), vb.geometry.projection_matrix()
     for vr, first in ((va, True), (vb, False)):
@@ -304,6 +302,7 @@ def patient_rules(
     """
     xyz = cage.xyz_mm
     n = len(det)
+    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
     rules: dict[str, np.ndarray] = {}
     # not a cage marker, not touching any cage marker's shadow (a bead over one is biased)
     is_cage = np.zeros(n, bool)
@@ -327,7 +326,6 @@ def patient_rules(
     if len(cage_det_idx) >= 3 and n:
         s_ref = float(np.median(det.blur_px[cage_det_idx]))
         mag = magnification(geometry, xyz[shadow_ok]) if shadow_ok.any() else np.ones(1)
-        sp = float(np.mean(geometry.detector.pixel_spacing_mm))
         r_lo = 0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp
         r_hi = 0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp
         # The fiducial markers lie next to the detector: their blur is the
@@ -359,7 +357,6 @@ def patient_rules(
     rules["SNR < MIN_BEAD_SNR"] = _snr(det) >= MIN_BEAD_SNR
     # a bead whose centre is this uncertain would be placed tens of µm off in
     # 3D and widens the epipolar gate enough to pair with texture: not reported
-    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
     # (the noise's bound: a bead on an implant border keeps its place, with the
     # model uncertainty in its sigma widening its matching gate)
     rules["centre bound > MAX_BEAD_SIGMA_MM"] = noise_bound(det) * sp <= MAX_BEAD_SIGMA_MM
@@ -547,7 +544,6 @@ def stereo_markers(
             k_sigma=EPIPOLAR_GATE_SIGMA,
             compatible=same,
             allowed=allowed,
-            weigh=True,
         )
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]

@@ -218,7 +218,6 @@ def match(
     max_shift_px: float = 30.0,
     compatible: np.ndarray | None = None,
     allowed: np.ndarray | None = None,
-    weigh: bool = True,
 ) -> Matching:
     """Match beads between views.
 
@@ -242,10 +241,11 @@ def match(
         required of the pairs voting for a motion.
     allowed : ndarray (nA, nB) bool, optional
         Pairs that may be matched at all.
-    weigh : bool
-        Resolve groups of beads that share candidates by the most likely
-        assignment where no rival is within ``k^2`` of it (:func:`_weigh`);
-        otherwise every bead of such a group is ambiguous.
+
+    Groups of beads that share candidates are resolved by the most likely
+    assignment where no rival is within ``k^2`` of it (:func:`_weigh`); at a
+    motion shift (few pairs, many chances) every bead of such a group is
+    ambiguous.
     """
     n_a, n_b = len(rc_a), len(rc_b)
     if n_a == 0 or n_b == 0:
@@ -263,7 +263,7 @@ def match(
     # bead's fitted radius can be off (radius and blur trade off at low SNR)
     sized = phys if compatible is None else phys & compatible
     edges = (sym <= gate) & phys
-    pairs, amb = _resolve(edges, (sym / sig) ** 2 if weigh else None, k_sigma)
+    pairs, amb = _resolve(edges, (sym / sig) ** 2, k_sigma)
 
     # motion between the exposures: a common signed shift across the epipolar lines
     near = sized & (np.abs(d_b) <= max_shift_px)
