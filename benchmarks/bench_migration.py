@@ -673,16 +673,10 @@ def bound(regions, seeds, full_resolution=True, cache=None, mc=0) -> dict:
                 np.median([r["bound_used"]["ls_t_share_ref"] for r in sel])
             ),
             "max_actual_minus_linearised_t_um": max(
-                abs(a - x)
-                for r in sel
-                for a, x in zip(r["err_t_um"], r["bound_used"]["linearised_err_t_um"], strict=True)
+                abs(a - x) for a, x in _per_axis(sel, "err_t_um", "linearised_err_t_um")
             ),
             "max_actual_minus_linearised_r_deg": max(
-                abs(a - x)
-                for r in sel
-                for a, x in zip(
-                    r["err_r_deg"], r["bound_used"]["linearised_err_r_deg"], strict=True
-                )
+                abs(a - x) for a, x in _per_axis(sel, "err_r_deg", "linearised_err_r_deg")
             ),
             "crb_over_ls_worst_axis_t": [
                 float(
@@ -698,34 +692,22 @@ def bound(regions, seeds, full_resolution=True, cache=None, mc=0) -> dict:
             "marker_err_over_bound_rms_median": float(
                 np.median([r["bound_used"]["marker_chi_rms"] for r in sel])
             ),
-            "actual_over_ls_t_rms": float(
-                np.sqrt(
-                    np.mean(
-                        [
-                            (e / s) ** 2
-                            for r in sel
-                            for e, s in zip(
-                                r["err_t_um"], r["bound_used"]["ls_sd_t_um"], strict=True
-                            )
-                        ]
-                    )
-                )
-            ),
-            "actual_over_ls_r_rms": float(
-                np.sqrt(
-                    np.mean(
-                        [
-                            (e / s) ** 2
-                            for r in sel
-                            for e, s in zip(
-                                r["err_r_deg"], r["bound_used"]["ls_sd_r_deg"], strict=True
-                            )
-                        ]
-                    )
-                )
-            ),
+            "actual_over_ls_t_rms": _rms_ratio(sel, "err_t_um", "ls_sd_t_um"),
+            "actual_over_ls_r_rms": _rms_ratio(sel, "err_r_deg", "ls_sd_r_deg"),
         }
     return {"rows": rows, "summary": summary}
+
+
+def _per_axis(sel: list[dict], actual: str, bound: str):
+    """(actual, bound) per axis over the rows ``sel``: ``r[actual]`` with
+    ``r["bound_used"][bound]``."""
+    for r in sel:
+        yield from zip(r[actual], r["bound_used"][bound], strict=True)
+
+
+def _rms_ratio(sel: list[dict], actual: str, bound: str) -> float:
+    """RMS of actual over bound, pooled over the rows' axes."""
+    return float(np.sqrt(np.mean([(e / b) ** 2 for e, b in _per_axis(sel, actual, bound)])))
 
 
 def _axes(v, fmt):
