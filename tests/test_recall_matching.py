@@ -65,15 +65,21 @@ def test_geometry_puts_both_beads_in_each_others_gate():
     assert m.edges.all()
 
 
-@pytest.mark.parametrize("offset_sigma", [9.0, 12.0])
-def test_beads_many_sigma_apart_across_the_planes_are_both_matched_right(offset_sigma):
+def _trials(offset_sigma: float, seed: int, n: int = 200):
+    """``n`` noise realisations of the two beads ``offset_sigma`` pair standard
+    errors apart across the planes: (matched pairs as a set, any ambiguous) each."""
     sig = np.sqrt(2 * SIGMA_PX**2 + CAL_PX**2)
     va, vb, rc_a, rc_b = _two_beads_on_one_plane(offset_sigma * sig)
-    rng = np.random.default_rng(1)
-    right = 0
-    for _ in range(200):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
         m = _match(va, vb, rc_a, rc_b, rng)
-        pairs = {tuple(p) for p in m.pairs.tolist()}
+        yield {tuple(p) for p in m.pairs.tolist()}, bool(m.ambiguous)
+
+
+@pytest.mark.parametrize("offset_sigma", [9.0, 12.0])
+def test_beads_many_sigma_apart_across_the_planes_are_both_matched_right(offset_sigma):
+    right = 0
+    for pairs, _ in _trials(offset_sigma, seed=1):
         assert pairs <= {(0, 0), (1, 1)}, "a wrong pairing"
         right += pairs == {(0, 0), (1, 1)}
     assert right >= 195
@@ -81,15 +87,10 @@ def test_beads_many_sigma_apart_across_the_planes_are_both_matched_right(offset_
 
 @pytest.mark.parametrize("offset_sigma,min_ambiguous", [(0.5, 190), (1.5, 190), (3.0, 0)])
 def test_beads_nearly_on_one_plane_are_never_guessed(offset_sigma, min_ambiguous):
-    sig = np.sqrt(2 * SIGMA_PX**2 + CAL_PX**2)
-    va, vb, rc_a, rc_b = _two_beads_on_one_plane(offset_sigma * sig)
-    rng = np.random.default_rng(2)
     ambiguous = 0
-    for _ in range(200):
-        m = _match(va, vb, rc_a, rc_b, rng)
-        pairs = {tuple(p) for p in m.pairs.tolist()}
+    for pairs, amb in _trials(offset_sigma, seed=2):
         assert not pairs & {(0, 1), (1, 0)}, "a wrong pairing"
-        ambiguous += bool(m.ambiguous)
+        ambiguous += amb
     # when the noise cannot tell the two assignments apart, the beads are reported
     # (at 3 sigma the right assignment often wins by the margin: taken, or reported)
     assert ambiguous >= min_ambiguous
