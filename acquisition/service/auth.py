@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 
 ROLES = ("technician", "physicist", "admin")
 
@@ -82,9 +84,6 @@ class LoginThrottle:
         window_s: float = LOGIN_WINDOW_S,
         clock=None,
     ) -> None:
-        import threading
-        import time
-
         self.max_failures = max_failures
         self.window_s = window_s
         self._clock = clock or time.monotonic
