@@ -450,7 +450,7 @@ def subpixel_peaks(
 # --------------------------------------------------------------------------- fine
 
 
-def _model(dr, dc, p):
+def _model(dr, dc, p, jac=True):
     """Opaque blurred disc on a plane and its Jacobian, batched (n windows x m pixels).
 
     ``p`` columns: r0, c0, R, s, A, B0, Br, Bc (offsets relative to the window centre)::
@@ -464,23 +464,28 @@ def _model(dr, dc, p):
     slopes or steps across the marker, an additive disc would carry the
     slope into the shadow and the fit would shift the centre to make up for
     it. ``A`` is the shadow's level relative to ``B0``.
+
+    The Jacobian is (n, parameters, m): each parameter's row is contiguous,
+    which makes filling it and the normal equations' products cheap. With
+    ``jac=False`` only the model is computed (None in its place).
     """
-    return _occluding_disc(dr, dc, p, None)
+    return _occluding_disc(dr, dc, p, None, with_jac=jac)
 
 
-def _additive_disc(dr, dc, p):
+def _additive_disc(dr, dc, p, jac=True):
     """Blurred disc added to a plane (``B0 + Br dr + Bc dc + A o(x)``) and its Jacobian.
 
     Cheaper than :func:`_model` and as good away from background slopes: used
     for the first fit of every candidate, most of which are texture.
     """
-    return _occluding_disc(dr, dc, p, None, occlude=False)
+    return _occluding_disc(dr, dc, p, None, occlude=False, with_jac=jac)
 
 
-def _occluding_disc(dr, dc, p, extra, occlude=True):
+def _occluding_disc(dr, dc, p, extra, occlude=True, with_jac=True):
     """Core of :func:`_model`; ``extra`` = (H_e, J_e) adds background terms and their Jacobian.
 
     ``occlude=False`` adds the disc to the background instead (:func:`_additive_disc`).
+    ``J_e`` is (n, extra parameters, m), as the Jacobian returned.
     """
     f = dr.dtype.type
     p8 = p[:, :8].astype(dr.dtype, copy=False)
@@ -490,35 +495,37 @@ def _occluding_disc(dr, dc, p, extra, occlude=True):
     yc = dc - c0
     rho = np.sqrt(yr * yr + yc * yc + 1e-6)
     u = (rho - rad) / s
-    disc = 0.5 * erfc(u * f(1 / _SQRT2))
-    phi = np.exp(f(-0.5) * u * u) * (f(_INV_SQRT_2PI) / s)
+    gauss = np.exp(f(-0.5) * u * u)  # erfc's exp(-x^2) at x = u / sqrt 2, and the density's
+    disc = 0.5 * erfc(u * f(1 / _SQRT2), gauss)
     hb = br * dr + bc * dc
     if extra is not None:
         hb = hb + extra[0]
     if occlude:
         clear = 1 - disc
         model = b0 + hb * clear + a * disc
-        ap = (a - hb) * phi
     else:
         clear = None
         model = b0 + hb + a * disc
-        ap = a * phi
-    k = 8 if extra is None else 8 + extra[1].shape[-1]
-    jac = np.empty((*dr.shape[:1], dr.shape[1], k), dtype=dr.dtype)
-    jac[..., 0] = ap * yr / rho
-    jac[..., 1] = ap * yc / rho
-    jac[..., 2] = ap
-    jac[..., 3] = ap * u
-    jac[..., 4] = disc
-    jac[..., 5] = 1.0
-    jac[..., 6] = dr if clear is None else dr * clear
-    jac[..., 7] = dc if clear is None else dc * clear
+    if not with_jac:
+        return model, None
+    phi = gauss * (f(_INV_SQRT_2PI) / s)
+    ap = ((a - hb) if occlude else a) * phi
+    k = 8 if extra is None else 8 + extra[1].shape[1]
+    jac = np.empty((dr.shape[0], k, dr.shape[1]), dtype=dr.dtype)
+    jac[:, 0] = ap * yr / rho
+    jac[:, 1] = ap * yc / rho
+    jac[:, 2] = ap
+    jac[:, 3] = ap * u
+    jac[:, 4] = disc
+    jac[:, 5] = 1.0
+    jac[:, 6] = dr if clear is None else dr * clear
+    jac[:, 7] = dc if clear is None else dc * clear
     if extra is not None:
-        jac[..., 8:] = extra[1] if clear is None else extra[1] * clear[..., None]
+        jac[:, 8:] = extra[1] if clear is None else extra[1] * clear[:, None]
     return model, jac
 
 
-def _model_edge(dr, dc, p):
+def _model_edge(dr, dc, p, jac=True):
     """Opaque blurred disc on a plane and a blurred straight step, and its Jacobian.
 
     ``p`` columns: the eight of :func:`_model`, then E (step height), theta
@@ -537,10 +544,12 @@ def _model_edge(dr, dc, p):
     ct, st = np.cos(th), np.sin(th)
     t = ct * dr + st * dc - d
     v = t / se
-    cdf = 0.5 * erfc(-v * f(1 / _SQRT2))
-    phi = np.exp(f(-0.5) * v * v) * (f(_INV_SQRT_2PI) / se)
-    ep = e * phi
-    je = np.stack([cdf, ep * (ct * dc - st * dr), -ep, -ep * v], axis=-1)
+    gauss = np.exp(f(-0.5) * v * v)
+    cdf = 0.5 * erfc(-v * f(1 / _SQRT2), gauss)
+    if not jac:
+        return _occluding_disc(dr, dc, p, (e * cdf, None), with_jac=False)
+    ep = e * gauss * (f(_INV_SQRT_2PI) / se)
+    je = np.stack([cdf, ep * (ct * dc - st * dr), -ep, -ep * v], axis=1)
     return _occluding_disc(dr, dc, p, (e * cdf, je))
 
 
@@ -658,10 +667,9 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
         if len(act) == 0:
             break
         swa = sw[act]
-        jw = jac[act] * swa[..., None]
-        jwt = jw.transpose(0, 2, 1)
-        jtj = jwt @ jw
-        jtr = (jwt @ res[act][..., None])[..., 0]
+        jw = jac[act] * swa[:, None, :]
+        jtj = jw @ jw.transpose(0, 2, 1)
+        jtr = (jw @ res[act][..., None])[..., 0]
         diag = np.einsum("nii->ni", jtj)
         a_mat = jtj + (lam[act][:, None] * (diag + 1e-9))[:, :, None] * eye
         try:
@@ -855,7 +863,7 @@ def fit_markers(
         & (p[:, 2] >= 0.5 * scale.r_min)
         & (p[:, 2] <= 1.5 * scale.r_max)
     )
-    model, _ = _model(dr, dc, p)
+    model, _ = _model(dr, dc, p, jac=False)
     rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
     core = mask * (rho < (p[:, 2:3] - 1.5 * p[:, 3:4]))
     n_core = core.sum(1)
@@ -879,7 +887,7 @@ def fit_markers(
         )
         if edge_idx is not None and len(edge_idx):
             # only where the background outside the disc is not a plane
-            m_g, _ = _model(dr[g], dc[g], p[g])
+            m_g, _ = _model(dr[g], dc[g], p[g], jac=False)
             rho_g = np.sqrt((dr[g] - p[g, 0:1]) ** 2 + (dc[g] - p[g, 1:2]) ** 2)
             out_g = (rho_g > p[g, 2:3] + 2 * p[g, 3:4]) & (sw[g] > 0)
             chi2_out = (((win[g] - m_g) * sw[g]) ** 2 * out_g).sum(1) / np.maximum(out_g.sum(1), 1)
@@ -902,8 +910,8 @@ def fit_markers(
             continue
         fn = _model if k == 8 else _model_edge
         model[sel], jac = fn(dr[sel], dc[sel], full[sel, :k])
-        jw = jac * sw[sel][..., None]
-        jtj = jw.transpose(0, 2, 1) @ jw
+        jw = jac * sw[sel][:, None, :]
+        jtj = jw @ jw.transpose(0, 2, 1)
         try:
             inv = np.linalg.inv(jtj + 1e-12 * np.eye(k))
         except np.linalg.LinAlgError:
@@ -997,7 +1005,7 @@ def correlated_sigma(det: Detections, b: float, half: int) -> np.ndarray:
     p = np.zeros((len(det), 8))
     p[:, 2], p[:, 3], p[:, 4] = det.radius_px, det.blur_px, det.contrast
     _, jac = _model(np.tile(dr, (len(det), 1)), np.tile(dc, (len(det), 1)), p)
-    fisher = jac.transpose(0, 2, 1) @ cinv @ jac
+    fisher = jac @ cinv @ jac.transpose(0, 2, 1)
     var = (det.noise**2) / (1 - rho1)
     cov = np.linalg.inv(fisher + 1e-12 * np.eye(8)) * var[:, None, None]
     return np.sqrt(0.5 * (cov[:, 0, 0] + cov[:, 1, 1]))
@@ -1230,8 +1238,8 @@ def cramer_rao_centre(
     if poisson_background is not None:
         var = np.maximum(poisson_background - model[0], 1e-9)
     elif noise is not None:
-        var = np.full(jac.shape[1], float(noise) ** 2)
+        var = np.full(jac.shape[2], float(noise) ** 2)
     else:
         raise ValueError("give noise or poisson_background")
-    info = (jac[0] / var[:, None]).T @ jac[0]
+    info = (jac[0] / var[None, :]) @ jac[0].T
     return float(np.sqrt(np.linalg.inv(info)[0, 0]))

@@ -57,15 +57,19 @@ _P = 0.3275911
 _A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
-def erfc(x: np.ndarray) -> np.ndarray:
-    """Complementary error function, elementwise, keeping a float32 input float32."""
+def erfc(x: np.ndarray, gauss: np.ndarray | None = None) -> np.ndarray:
+    """Complementary error function, elementwise, keeping a float32 input float32.
+
+    ``gauss``, if given, is ``exp(-x**2)`` already computed (a model that also
+    needs the Gaussian density at the same points pays for one exponential).
+    """
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     ax = np.abs(x)
     t = 1.0 / (1.0 + _P * ax)
     poly = t * (_A[0] + t * (_A[1] + t * (_A[2] + t * (_A[3] + t * _A[4]))))
-    y = poly * np.exp(-ax * ax)
+    y = poly * (np.exp(-ax * ax) if gauss is None else gauss)
     return np.where(x >= 0, y, 2.0 - y)
 
 
