@@ -171,10 +171,16 @@ def test_the_noise_behind_the_shoulders_does_not_flood_the_fit():
     assert len(dist) >= 15 and np.all(dist < 0.5)
 
 
-def _with_grid_lines(image, period_px: float = 2.3, amplitude_sigma: float = 1.0):
+def _grid_lines(image, period_px: float = 2.3, amplitude_sigma: float = 2.0):
     """The image plus the stripes of a stationary anti-scatter grid (one period per
     ``period_px`` columns, aliased near the pixel pitch), ``amplitude_sigma`` times
-    the pixel noise (robust, from first differences down the columns)."""
+    the pixel noise (robust, from first differences down the columns).
+
+    They lower the lag-2 noise variance along the rows: before the noise
+    correlation was estimated per direction, its width read 0.38 px instead of
+    0.64 here, every centre bound came out too small, view A's patient candidates
+    went from 15 to 33 (MAX_BEAD_SIGMA_MM let blobs through) and one paired with a
+    bead whose other shadow is hidden: a false marker (from 1.5 sigmas on)."""
     px = image.pixels.astype(np.float64)
     d = np.diff(px[:, ::7], axis=0)
     sigma = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
@@ -182,24 +188,6 @@ def _with_grid_lines(image, period_px: float = 2.3, amplitude_sigma: float = 1.0
     top = (1 << image.bits_stored) - 1
     pixels = np.clip(np.rint(px + stripes[None, :]), 0, top).astype(image.pixels.dtype)
     return dataclasses.replace(image, pixels=pixels)
-
-
-def test_grid_lines_do_not_make_the_bounds_optimistic(exams):
-    """lower seed 1 with the stripes of an anti-scatter grid at two noise sigmas:
-    they lowered the lag-2 noise variance along the rows, the noise's correlation
-    width was read as 0.38 px instead of 0.64, every centre bound came out too
-    small, view A's patient candidates went from 15 to 33 (MAX_BEAD_SIGMA_MM let
-    blobs through) and one paired with a bead whose other shadow is hidden: a
-    false marker (from 1.5 sigmas on). The same beads as without the stripes are
-    found, and no false marker."""
-    ex, station, cage, res = exams[("lower", 1)]
-    images = {k: _with_grid_lines(f.to_raw_image(), 2.3, 2.0) for k, f in ex.frames.items()}
-    striped = reconstruct(station, cage, images)
-    j0, d0, _ = _matched(ex, res)
-    j, dist, _ = _matched(ex, striped)
-    assert np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
-    assert set(j.tolist()) == set(j0[d0 < 0.5].tolist())
-    assert striped.to_dict()["qc"]["verdict"] == "pass"
 
 
 def _unsharp_masked(image, amount: float = 1.0, sigma_px: float = 10.0):
@@ -236,15 +224,16 @@ def _panel_seams(image, step: float = 0.01):
 
 @pytest.mark.parametrize(
     "variant",
-    [_unsharp_masked, _eight_bits, _panel_seams],
-    ids=["unsharp_masked", "eight_bits", "panel_seams"],
+    [_grid_lines, _unsharp_masked, _eight_bits, _panel_seams],
+    ids=["grid_lines", "unsharp_masked", "eight_bits", "panel_seams"],
 )
-def test_processed_and_stored_differently_the_same_beads_are_found(exams, variant):
-    """Images from other sources: the lower seed 1 exam after vendor-style unsharp
-    masking (amount 1, 10 px), stored in 8 bits, or with a tiled panel's gain seams.
-    Each gives the clean exam's beads (measured: the same 10 markers, 3D 13.5-13.9
-    µm against 13.8, the same 71 and 73 cage markers), no false marker, the verdict
-    pass, and within 2 of the cage markers found per view."""
+def test_images_from_other_sources_give_the_same_beads(exams, variant):
+    """The lower seed 1 exam with an anti-scatter grid's stripes (two noise sigmas),
+    after vendor-style unsharp masking (amount 1, 10 px), stored in 8 bits, or with
+    a tiled panel's gain seams. Each gives the clean exam's beads (measured: the
+    same 10 markers, 3D 13.5-13.9 µm against 13.8, cage markers within one of the
+    clean exam's), no false marker, the verdict pass, and within 2 of the cage
+    markers found per view. The stripes failed before cd11db9 (see :func:`_grid_lines`)."""
     ex, station, cage, res = exams[("lower", 1)]
     images = {k: variant(f.to_raw_image()) for k, f in ex.frames.items()}
     out = reconstruct(station, cage, images)
