@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from reconstruction.image import RawImage
-from reconstruction.lightweight import erfc, neighbours_within, pairs_within
+from reconstruction.lightweight import erfc, median, neighbours_within, pairs_within
 
 _SQRT2 = np.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
@@ -194,8 +194,8 @@ def _robust_sigma(values: np.ndarray, scale: float = 1.0) -> float:
     A flat or noiseless region has a MAD of rounding error only; dividing by it
     would turn that rounding into millions of "significant" maxima.
     """
-    med = np.median(values)
-    return max(float(1.4826 * np.median(np.abs(values - med))), 1e-5 * abs(scale), 1e-12)
+    med = median(values)
+    return max(float(1.4826 * median(np.abs(values - med))), 1e-5 * abs(scale), 1e-12)
 
 
 # A real exam shows a few hundred markers (cage and beads); the simulator's exams
@@ -243,10 +243,10 @@ def _local_noise_factor(
     nb_r, nb_c = rows // block, (cols - 1) // block
     if nb_r < 2 or nb_c < 2:
         return np.ones(len(r))
-    diff = np.median(np.abs(_tiles(np.diff(small, axis=1), nb_r, nb_c, block)), axis=2)
+    diff = median(np.abs(_tiles(np.diff(small, axis=1), nb_r, nb_c, block)), axis=2)
     band = _tiles(dog, nb_r, nb_c, block)
-    med = np.median(band, axis=2)
-    scale = 1.4826 * np.median(np.abs(band - med[..., None]), axis=2)
+    med = median(band, axis=2)
+    scale = 1.4826 * median(np.abs(band - med[..., None]), axis=2)
     ok = diff > 0
     if not ok.any():
         return np.ones(len(r))
@@ -320,7 +320,7 @@ def coarse_candidates(
     for r in radii:
         s1 = max(0.5, 0.6 * r)
         band = cv2.subtract(cv2.GaussianBlur(small, (0, 0), s1), background)
-        level = float(np.median(np.abs(small[::7, ::7])))
+        level = float(median(np.abs(small[::7, ::7])))
         band *= np.float32(1.0 / _robust_sigma(band[::7, ::7].ravel(), level))
         dog = band if dog is None else np.maximum(dog, band)
     # non-maximum suppression over the smallest marker's radius: two markers'
@@ -387,8 +387,8 @@ def coarse_candidates(
             rr = np.clip(r[s_idx, None, None] + off[None, :, None], 0, rows - 1)
             cc = np.clip(c[s_idx, None, None] + off[None, None, :], 0, cols - 1)
             win = dog[rr, cc].reshape(len(s_idx), -1)
-            med = np.median(win, axis=1)
-            mad = np.median(np.abs(win - med[:, None]), axis=1)
+            med = median(win, axis=1)
+            mad = median(np.abs(win - med[:, None]), axis=1)
             robust = dog[r[s_idx], c[s_idx]] / np.sqrt(med**2 + (1.4826 * mad) ** 2 + 1.0)
             keep[s_idx[robust > clutter_ratio]] = True
         # Far above any texture (VERY_STRONG clip levels), a peak is a marker
@@ -642,7 +642,7 @@ def _window_noise(win: np.ndarray) -> np.ndarray:
     d1 = np.diff(win, axis=2).reshape(len(win), -1)
     d2 = np.diff(win, axis=1).reshape(len(win), -1)
     d = np.concatenate([d1, d2], axis=1)
-    mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+    mad = median(np.abs(d - median(d, axis=1, keepdims=True)), axis=1)
     return 1.4826 * mad / _SQRT2 + 1e-9
 
 
