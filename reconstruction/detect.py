@@ -752,7 +752,8 @@ def _mask_nearer(weight, dr, dc, ci, own, a, other, b) -> None:
     np.multiply.at(weight, a, (d_oth >= d_own).astype(np.float64))
 
 
-# Iterations of the first (additive) fit of every candidate. It screens the
+# Iterations of the first (additive) fit of every candidate (fit_markers'
+# default, so also the start of refit_on_edges' edge fit). It screens the
 # candidates and starts the weighted fit, which refines the plausible ones;
 # real markers converge in a few iterations, while noise and texture blobs
 # wander until the limit and make most of the cost. Measured on the 36
@@ -970,11 +971,13 @@ def noise_correlation(display: np.ndarray, step: int = 32) -> float:
 
     Along rows and along columns separately, and the more correlated of the
     two: a pattern in one direction (the stripes of an anti-scatter grid, a
-    period near two pixels) lowers that direction's lag-2 variance, and read
-    as white noise it made every centre bound several times too small (a
-    grid pattern of one noise sigma on a simulated knee: 53 of 55 imprecise
-    blobs passed ``MAX_BEAD_SIGMA_MM`` and one paired into a false marker).
-    The larger correlation never makes a bound optimistic.
+    period near two pixels, alternating from pixel to pixel) raises that
+    direction's lag-1 difference variance far more than its lag-2 one, so
+    their ratio falls and the noise reads as white; pooled, that made every
+    centre bound several times too small (the simulated knee's DICOM images
+    with stripes of one noise sigma, measured along the rows: 53 of 55
+    imprecise blobs passed ``MAX_BEAD_SIGMA_MM`` and one paired into a false
+    marker). The larger correlation never makes a bound optimistic.
     """
     d = display[::step].astype(np.float32)
     e = display[:, ::step].astype(np.float32)

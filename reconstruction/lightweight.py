@@ -80,20 +80,25 @@ def median(x: np.ndarray, axis: int | None = None, keepdims: bool = False) -> np
     middle ones and, to detect NaN, the last), which is several times slower
     than its vectorised sort: for the (54, 45, 121) float32 tiles of the
     coarse pass, along the last axis, 5.6 ms against 0.5 ms; for 150,000
-    values 2.4 ms against 0.7 ms. Same values: the middle one, or for an even
-    count the mean of the two middle ones, computed as NumPy does.
+    values 2.4 ms against 0.7 ms. Same values, dtype and shape: the middle
+    one, or for an even count the mean of the two middle ones, computed as
+    NumPy does. ``axis`` is one axis or None (all values); NaN is not looked
+    for (sorted last, it would shift the middle); an empty input is left to
+    NumPy.
     """
     x = np.asarray(x)
+    if x.size == 0:
+        return np.median(x, axis=axis, keepdims=keepdims)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     if axis is None:
-        x, axis = x.ravel(), 0
+        out = median(x.ravel(), axis=0)
+        return np.reshape(out, (1,) * x.ndim) if keepdims else out
     s = np.sort(x, axis=axis)
     n = s.shape[axis]
     k = n // 2
     mid = np.take(s, [k] if n % 2 else [k - 1, k], axis=axis)
-    out = np.mean(mid, axis=axis, keepdims=keepdims)
-    return out
+    return np.mean(mid, axis=axis, keepdims=keepdims)
 
 
 def pairs_within(points: np.ndarray, radius: float) -> np.ndarray:

@@ -176,11 +176,13 @@ def _grid_lines(image, period_px: float = 2.3, amplitude_sigma: float = 2.0):
     ``period_px`` columns, aliased near the pixel pitch), ``amplitude_sigma`` times
     the pixel noise (robust, from first differences down the columns).
 
-    They lower the lag-2 noise variance along the rows: before the noise
-    correlation was estimated per direction, its width read 0.38 px instead of
-    0.64 here, every centre bound came out too small, view A's patient candidates
-    went from 15 to 33 (MAX_BEAD_SIGMA_MM let blobs through) and one paired with a
-    bead whose other shadow is hidden: a false marker (from 1.5 sigmas on)."""
+    Alternating from pixel to pixel, they raise the lag-1 difference variance
+    along the rows far more than the lag-2 one (their ratio 2.14 -> 0.41 at two
+    sigmas). Before the noise correlation was estimated per direction, its width
+    read 0.38 px instead of 0.64 here, every centre bound came out too small, view
+    A's patient candidates went from 15 to 33 (MAX_BEAD_SIGMA_MM let blobs through)
+    and one paired with a bead whose other shadow is hidden: a false marker (from
+    1.5 sigmas of this measure on)."""
     px = image.pixels.astype(np.float64)
     d = np.diff(px[:, ::7], axis=0)
     sigma = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
@@ -240,8 +242,9 @@ def test_images_from_other_sources_give_the_same_beads(exams, variant):
     j0, d0, _ = _matched(ex, res)
     j, dist, _ = _matched(ex, out)
     assert np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
+    assert len(set(j.tolist())) == len(j), "one bead reported twice"
     assert set(j.tolist()) == set(j0[d0 < 0.5].tolist())
     assert out.to_dict()["qc"]["verdict"] == "pass"
     for v in "AB":
         clean = res.to_dict()["views"][v]["cage_markers_found"]
-        assert out.to_dict()["views"][v]["cage_markers_found"] >= clean - 2
+        assert abs(out.to_dict()["views"][v]["cage_markers_found"] - clean) <= 2
