@@ -2,7 +2,8 @@
 
 For each region, cage and seed (the simulator's default clinical exposure),
 the markers the reconstruction reports (matched to a true bead within 0.5 mm)
-are triangulated four ways (ray midpoint, as the product does):
+are triangulated four ways (as the product does: the point of the lines'
+common perpendicular weighted by the two centres' reported sigmas):
 
 ``full``
     calibrated geometry, measured centres: the product's 3D error.
@@ -41,8 +42,8 @@ import numpy as np
 
 from benchmarks.common import parse_seeds
 from reconstruction.geometry import Cage, Detector, Station, ViewGeometry
-from reconstruction.pipeline import reconstruct
-from reconstruction.triangulate import midpoint
+from reconstruction.pipeline import lateral_sigma_mm, reconstruct
+from reconstruction.triangulate import crossing_point, midpoint
 
 
 def _jacobian(view: ViewGeometry, xyz: np.ndarray, h: float = 1e-4) -> np.ndarray:
@@ -87,7 +88,10 @@ def exam_budget(ex) -> dict:
         for v in "AB":
             ms = res.views[v].detections.model_shift_px
             shift[v] = float(ms[m.det_idx[v]]) if ms is not None else 0.0
-        rows.append((j, meas, {v: np.array(beads[j]["image_px"][v]) for v in "AB"}, crb, shift))
+        sig = {v: float(res.views[v].detections.sigma_px[m.det_idx[v]]) for v in "AB"}
+        rows.append(
+            (j, meas, {v: np.array(beads[j]["image_px"][v]) for v in "AB"}, crb, shift, sig)
+        )
     if not rows:
         return {"n": 0}
     true_xyz = xyz[[r[0] for r in rows]]
@@ -95,7 +99,9 @@ def exam_budget(ex) -> dict:
     def tri(views, k):
         pa = np.array([r[k]["A"] for r in rows])
         pb = np.array([r[k]["B"] for r in rows])
-        return midpoint(views["A"], pa, views["B"], pb)[0]
+        mid = midpoint(views["A"], pa, views["B"], pb)[0]
+        sig = {v: lateral_sigma_mm(views[v], np.array([r[5][v] for r in rows]), mid) for v in "AB"}
+        return crossing_point(views["A"], pa, views["B"], pb, sig["A"], sig["B"])[0]
 
     def sq(p):
         return np.sum((p - true_xyz) ** 2, axis=1)

@@ -1,9 +1,11 @@
-"""Triangulation of matched image points by the midpoint of the common perpendicular.
+"""Triangulation of matched image points on the common perpendicular of their lines.
 
 For two projection lines (focal spot through image point) the shortest
 segment between them is found in closed form (e.g. Hartley & Sturm, "Triangulation",
-CVIU 1997, sec. 5.3, the midpoint method); its midpoint is the 3D estimate and
-its length the crossing-line distance of ISO 16087, the station's sync check.
+CVIU 1997, sec. 5.3, the midpoint method); its length is the crossing-line
+distance of ISO 16087, the station's sync check. The 3D estimate is the point
+on it weighted by the two lines' precision (:func:`crossing_point`; the
+midpoint when they are equal or unknown).
 """
 
 from __future__ import annotations
@@ -34,7 +36,38 @@ def midpoint(
     view_a: ViewGeometry, rc_a: np.ndarray, view_b: ViewGeometry, rc_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """3D points (n, 3) and crossing distances (n,) in mm for matched image points."""
+    return crossing_point(view_a, rc_a, view_b, rc_b)
+
+
+def crossing_point(
+    view_a: ViewGeometry,
+    rc_a: np.ndarray,
+    view_b: ViewGeometry,
+    rc_b: np.ndarray,
+    sigma_a_mm: np.ndarray | None = None,
+    sigma_b_mm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """3D points (n, 3) on the common perpendicular of the two projection lines,
+    and its length, the crossing distance (n,), in mm.
+
+    Without the lines' lateral standard errors at the point (``sigma_a_mm``,
+    ``sigma_b_mm``: each image centre's standard error scaled to the object),
+    the point is the midpoint. With them it is the weighted least-squares
+    point, minimising ``d_a^2 / sigma_a^2 + d_b^2 / sigma_b^2`` over the
+    distances to the two lines: setting the gradient to zero on the
+    perpendicular ``p_a + lam (p_b - p_a)`` gives ``lam = sigma_a^2 /
+    (sigma_a^2 + sigma_b^2)``, nearer the more precise line. Within the
+    epipolar plane two lines meet in one point and nothing can be weighted;
+    across it this is the maximum-likelihood point for independent Gaussian
+    errors, and equal errors give the midpoint.
+    """
     fa, da = view_a.ray_through(np.asarray(rc_a, float))
     fb, db = view_b.ray_through(np.asarray(rc_b, float))
     pa, pb, _, _ = closest_points(fa, da, fb, db)
-    return 0.5 * (pa + pb), np.linalg.norm(pa - pb, axis=-1)
+    if sigma_a_mm is None or sigma_b_mm is None:
+        lam = np.full(pa.shape[:-1], 0.5)
+    else:
+        va = np.asarray(sigma_a_mm, float) ** 2
+        vb = np.asarray(sigma_b_mm, float) ** 2
+        lam = np.where(va + vb > 0, va / np.maximum(va + vb, 1e-300), 0.5)
+    return pa + lam[..., None] * (pb - pa), np.linalg.norm(pa - pb, axis=-1)
