@@ -69,5 +69,8 @@ def crossing_point(
     else:
         va = np.asarray(sigma_a_mm, float) ** 2
         vb = np.asarray(sigma_b_mm, float) ** 2
-        lam = np.where(va + vb > 0, va / np.maximum(va + vb, 1e-300), 0.5)
+        with np.errstate(invalid="ignore"):
+            lam = np.where(va + vb > 0, va / np.maximum(va + vb, 1e-300), 0.5)
+        # an unknown (NaN) or infinite sigma says nothing about the weights
+        lam = np.where(np.isfinite(lam), lam, 0.5)
     return pa + lam[..., None] * (pb - pa), np.linalg.norm(pa - pb, axis=-1)

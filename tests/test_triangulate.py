@@ -56,3 +56,13 @@ def test_unequal_precision_lands_nearer_the_better_line_and_is_more_accurate():
     c_w = np.sum((weighted - xyz) * across, axis=1)
     ratio = np.std(c_w) / np.std(c_mid)
     assert abs(ratio - np.sqrt(0.9 / 2.5)) < 0.05, ratio
+
+
+def test_unknown_sigmas_give_the_midpoint():
+    station = make_station()
+    va, vb = station.views["A"], station.views["B"]
+    xyz = np.array([[0.0, 5.0, 100.0], [10.0, -5.0, 80.0]])
+    ra, rb = va.project(xyz) + 0.3, vb.project(xyz) - 0.2
+    mid, _ = midpoint(va, ra, vb, rb)
+    got, _ = crossing_point(va, ra, vb, rb, np.array([np.nan, np.inf]), np.array([0.01, np.inf]))
+    assert np.allclose(got, mid, atol=1e-12)
