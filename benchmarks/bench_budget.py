@@ -42,8 +42,7 @@ import numpy as np
 
 from benchmarks.common import parse_seeds
 from reconstruction.geometry import Cage, Detector, Station, ViewGeometry
-from reconstruction.pipeline import lateral_sigma_mm, reconstruct
-from reconstruction.triangulate import crossing_point, midpoint
+from reconstruction.pipeline import reconstruct, triangulate_pairs
 
 
 def _jacobian(view: ViewGeometry, xyz: np.ndarray, h: float = 1e-4) -> np.ndarray:
@@ -99,9 +98,8 @@ def exam_budget(ex) -> dict:
     def tri(views, k):
         pa = np.array([r[k]["A"] for r in rows])
         pb = np.array([r[k]["B"] for r in rows])
-        mid = midpoint(views["A"], pa, views["B"], pb)[0]
-        sig = {v: lateral_sigma_mm(views[v], np.array([r[5][v] for r in rows]), mid) for v in "AB"}
-        return crossing_point(views["A"], pa, views["B"], pb, sig["A"], sig["B"])[0]
+        sig = {v: np.array([r[5][v] for r in rows]) for v in "AB"}
+        return triangulate_pairs(views["A"], pa, sig["A"], views["B"], pb, sig["B"])[0]
 
     def sq(p):
         return np.sum((p - true_xyz) ** 2, axis=1)

@@ -32,6 +32,47 @@ def closest_points(
     return fa + s[..., None] * da, fb + t[..., None] * db, s, t
 
 
+def common_perpendicular(
+    view_a: ViewGeometry, rc_a: np.ndarray, view_b: ViewGeometry, rc_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ends (n, 3) on line A and line B of the shortest segment between the two
+    projection lines (focal spot through image point) of matched image points."""
+    fa, da = view_a.ray_through(np.asarray(rc_a, float))
+    fb, db = view_b.ray_through(np.asarray(rc_b, float))
+    pa, pb, _, _ = closest_points(fa, da, fb, db)
+    return pa, pb
+
+
+def point_between(
+    pa: np.ndarray,
+    pb: np.ndarray,
+    sigma_a_mm: np.ndarray | None = None,
+    sigma_b_mm: np.ndarray | None = None,
+) -> np.ndarray:
+    """The 3D estimate on the common perpendicular from ``pa`` (line A) to ``pb``.
+
+    Without the lines' lateral standard errors at the point (``sigma_a_mm``,
+    ``sigma_b_mm``: each image centre's standard error scaled to the object),
+    the midpoint. With them the weighted least-squares point, minimising
+    ``d_a^2 / sigma_a^2 + d_b^2 / sigma_b^2`` over the distances to the two
+    lines: setting the gradient to zero on the perpendicular ``p_a + lam (p_b
+    - p_a)`` gives ``lam = sigma_a^2 / (sigma_a^2 + sigma_b^2)``, nearer the
+    more precise line. Within the epipolar plane two lines meet in one point
+    and nothing can be weighted; across it this is the maximum-likelihood
+    point for independent Gaussian errors, and equal errors give the midpoint.
+    """
+    if sigma_a_mm is None or sigma_b_mm is None:
+        lam = np.full(pa.shape[:-1], 0.5)
+    else:
+        va = np.asarray(sigma_a_mm, float) ** 2
+        vb = np.asarray(sigma_b_mm, float) ** 2
+        with np.errstate(invalid="ignore"):
+            lam = np.where(va + vb > 0, va / np.maximum(va + vb, 1e-300), 0.5)
+        # an unknown (NaN) or infinite sigma says nothing about the weights
+        lam = np.where(np.isfinite(lam), lam, 0.5)
+    return pa + lam[..., None] * (pb - pa)
+
+
 def midpoint(
     view_a: ViewGeometry, rc_a: np.ndarray, view_b: ViewGeometry, rc_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -47,30 +88,8 @@ def crossing_point(
     sigma_a_mm: np.ndarray | None = None,
     sigma_b_mm: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """3D points (n, 3) on the common perpendicular of the two projection lines,
-    and its length, the crossing distance (n,), in mm.
-
-    Without the lines' lateral standard errors at the point (``sigma_a_mm``,
-    ``sigma_b_mm``: each image centre's standard error scaled to the object),
-    the point is the midpoint. With them it is the weighted least-squares
-    point, minimising ``d_a^2 / sigma_a^2 + d_b^2 / sigma_b^2`` over the
-    distances to the two lines: setting the gradient to zero on the
-    perpendicular ``p_a + lam (p_b - p_a)`` gives ``lam = sigma_a^2 /
-    (sigma_a^2 + sigma_b^2)``, nearer the more precise line. Within the
-    epipolar plane two lines meet in one point and nothing can be weighted;
-    across it this is the maximum-likelihood point for independent Gaussian
-    errors, and equal errors give the midpoint.
-    """
-    fa, da = view_a.ray_through(np.asarray(rc_a, float))
-    fb, db = view_b.ray_through(np.asarray(rc_b, float))
-    pa, pb, _, _ = closest_points(fa, da, fb, db)
-    if sigma_a_mm is None or sigma_b_mm is None:
-        lam = np.full(pa.shape[:-1], 0.5)
-    else:
-        va = np.asarray(sigma_a_mm, float) ** 2
-        vb = np.asarray(sigma_b_mm, float) ** 2
-        with np.errstate(invalid="ignore"):
-            lam = np.where(va + vb > 0, va / np.maximum(va + vb, 1e-300), 0.5)
-        # an unknown (NaN) or infinite sigma says nothing about the weights
-        lam = np.where(np.isfinite(lam), lam, 0.5)
-    return pa + lam[..., None] * (pb - pa), np.linalg.norm(pa - pb, axis=-1)
+    """3D points (n, 3) on the common perpendicular of the two projection lines
+    (:func:`point_between`, weighted by the lines' lateral standard errors when
+    given), and its length, the crossing distance (n,), in mm."""
+    pa, pb = common_perpendicular(view_a, rc_a, view_b, rc_b)
+    return point_between(pa, pb, sigma_a_mm, sigma_b_mm), np.linalg.norm(pa - pb, axis=-1)

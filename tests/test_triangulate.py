@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from test_calibration import make_station
 
-from reconstruction.pipeline import lateral_sigma_mm
+from reconstruction.pipeline import triangulate_pairs
 from reconstruction.triangulate import crossing_point, midpoint
 
 
@@ -18,9 +18,9 @@ def _trials(sig_a_px: float, sig_b_px: float, n: int = 4000, seed: int = 7):
     ra = va.project(xyz) + rng.normal(0, sig_a_px, (n, 2))
     rb = vb.project(xyz) + rng.normal(0, sig_b_px, (n, 2))
     mid, cross = midpoint(va, ra, vb, rb)
-    sa = lateral_sigma_mm(va, np.full(n, sig_a_px), mid)
-    sb = lateral_sigma_mm(vb, np.full(n, sig_b_px), mid)
-    weighted, cross_w = crossing_point(va, ra, vb, rb, sa, sb)
+    weighted, cross_w, _ = triangulate_pairs(
+        va, ra, np.full(n, sig_a_px), vb, rb, np.full(n, sig_b_px)
+    )
     return xyz, mid, weighted, cross, cross_w
 
 
