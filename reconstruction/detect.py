@@ -618,7 +618,7 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
     pe[:, 4] += p[:, 5] - plane[:, 0]
     pe[:, 5:8] = plane
     r_lo, r_hi = radius_range
-    pe, cost_edge, _ = _levenberg_marquardt(
+    pe, cost_edge = _levenberg_marquardt(
         win, dr, dc, sw, pe, 40, (r_lo, r_hi, h), model_fn=_model_edge
     )
     accepted = np.isfinite(cost_edge) & (cost_edge < cost_plain - EDGE_MIN_DCHI2)
@@ -651,7 +651,8 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
 
     Only windows that have not converged are iterated (an active set), so a
     few slow fits do not cost the many fast ones. ``model_fn`` (default
-    :func:`_model`) may add parameters after the disc's eight.
+    :func:`_model`) may add parameters after the disc's eight. Returns the
+    parameters and each window's final weighted cost.
     """
     model_fn = _model if model_fn is None else model_fn
     r_lo, r_hi, h = bounds
@@ -700,7 +701,7 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
         done[better] = (np.abs(step[better, :2]).max(1) < 1e-3) | (rel < 1e-4)
         done |= lam[act] > 1e3  # repeated rejections: at a minimum to within the damping
         act = act[~done]
-    return p, cost, jac
+    return p, cost
 
 
 class MarkerFit(NamedTuple):
@@ -856,7 +857,7 @@ def fit_markers(
     weight = weight.astype(np.float32)
     p[:, 5] = 0.0
     mask = weight
-    p, cost, jac = _levenberg_marquardt(
+    p, cost = _levenberg_marquardt(
         win, dr, dc, mask, p, iterations, (r_lo, r_hi, h), model_fn=_additive_disc
     )
     centre_additive = p[:, :2].copy()
@@ -894,9 +895,7 @@ def fit_markers(
     edge[:, 3] = 1.0  # step height 0: no edge
     has_edge = np.zeros(n, bool)
     if len(g):
-        p[g], cost_g, _ = _levenberg_marquardt(
-            win[g], dr[g], dc[g], sw[g], p[g], 5, (r_lo, r_hi, h)
-        )
+        p[g], cost_g = _levenberg_marquardt(win[g], dr[g], dc[g], sw[g], p[g], 5, (r_lo, r_hi, h))
         if edge_idx is not None and len(edge_idx):
             # only where the background outside the disc is not a plane
             m_g, _ = _model(dr[g], dc[g], p[g], jac=False)
