@@ -55,7 +55,7 @@ MAX_BEAD_SIGMA_MM = 0.04
 #: distance under the calibrated geometry is 0.012 px RMS), not taken as the cage
 #: markers' residual RMS (0.05-0.29 px, mostly their own centre noise); a group of
 #: beads sharing candidates is resolved where one assignment beats every rival
-#: pairing by the gate squared in chi-square (stereo._weigh). 4 rather than 3: the
+#: pairing by stereo.RIVAL_MARGIN_CHI2 in chi-square (stereo._weigh). 4 rather than 3: the
 #: centres' bounds underestimate their real error under texture by up to ~1.8x.
 #: Measured against the earlier matching (3 sigma, residual RMS, shared candidates all
 #: ambiguous; commit 1ae5fbc, bench_reconstruct accuracy, 36 exams): +14 beads
