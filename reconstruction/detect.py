@@ -526,30 +526,39 @@ def _occluding_disc(dr, dc, p, extra, occlude=True, with_jac=True):
 
 
 def _model_edge(dr, dc, p, jac=True):
-    """Opaque blurred disc on a plane and a blurred straight step, and its Jacobian.
+    """Opaque blurred disc on a plane and a blurred, possibly curved step, and its Jacobian.
 
     ``p`` columns: the eight of :func:`_model`, then E (step height), theta
     (direction of the edge normal), d (edge offset from the window centre
-    along the normal) and s_e (edge blur); the step joins the background
-    ``H(x)`` of :func:`_model`::
+    along the normal), s_e (edge blur) and kappa (curvature, 1/px); the step
+    joins the background ``H(x)`` of :func:`_model`::
 
-        H(x) = Br dr + Bc dc + E * Phi((cos(theta) dr + sin(theta) dc - d) / s_e)
+        H(x) = Br dr + Bc dc + E * Phi(t / s_e),
+        t = cos(theta) dr + sin(theta) dc - d + kappa u^2 / 2,
+        u = cos(theta) dc - sin(theta) dr   (along the edge)
 
     A bead on the border of a metal implant or a cortex sits on such a step,
     which a plane cannot follow: the plane's misfit, largest on the disc's
-    side of the step, pulls the centre across it.
+    side of the step, pulls the centre across it. Implant outlines (stems,
+    condyles, the corners of a tray seen obliquely) bend within a window;
+    the parabola is the osculating circle's second-order approximation.
     """
     f = dr.dtype.type
-    e, th, d, se = (p[:, i : i + 1].astype(dr.dtype, copy=False) for i in range(8, 12))
+    e, th, d, se, kappa = (p[:, i : i + 1].astype(dr.dtype, copy=False) for i in range(8, 13))
     ct, st = np.cos(th), np.sin(th)
-    t = ct * dr + st * dc - d
+    across = ct * dr + st * dc
+    along = ct * dc - st * dr
+    t = across - d + f(0.5) * kappa * along * along
     v = t / se
     gauss = np.exp(f(-0.5) * v * v)
     cdf = 0.5 * erfc(-v * f(1 / _SQRT2), gauss)
     if not jac:
         return _occluding_disc(dr, dc, p, (e * cdf, None), with_jac=False)
     ep = e * gauss * (f(_INV_SQRT_2PI) / se)
-    je = np.stack([cdf, ep * (ct * dc - st * dr), -ep, -ep * v], axis=1)
+    je = np.stack(
+        [cdf, ep * along * (1 - kappa * across), -ep, -ep * v, ep * f(0.5) * along * along],
+        axis=1,
+    )
     return _occluding_disc(dr, dc, p, (e * cdf, je))
 
 
@@ -565,6 +574,15 @@ _EDGE_ANGLES = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
 # are accepted: about the 0.1 % point of chi-square with 4 degrees of freedom
 # (18.5), so a window without an edge keeps the plain model and its bound.
 EDGE_MIN_DCHI2 = 20.0
+# Largest curvature (1/px) of the edge: a radius of curvature of 4 px or more
+# (about a bead's shadow radius; a tighter bend is no implant outline).
+MAX_EDGE_CURVATURE = 0.25
+# Smallest further drop of chi-square for which a curved edge replaces the
+# straight one it starts from: the 0.1 % point of chi-square with one degree of
+# freedom (nested models), so that curvature is only fitted where the data ask
+# for it. Measured on the 36 default exams (docs/benchmarks.md, fifth session):
+# pooled 3D error 17.2 -> 16.5 µm (seeds 4-6), 15.6 -> 15.5 µm (seeds 1-3).
+EDGE_MIN_DCHI2_CURVED = 10.8
 
 
 def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
@@ -575,9 +593,11 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
     outside the disc by weighted least squares (linear for a given line),
     and the line that explains most is kept; then edge and disc are refined
     together by Levenberg-Marquardt (40 iterations at most, so that the same
-    data stored differently converge to the same centre).
+    data stored differently converge to the same centre). An accepted straight
+    edge is then allowed to bend (:data:`MAX_EDGE_CURVATURE`), kept where that
+    lowers chi-square by :data:`EDGE_MIN_DCHI2_CURVED` more.
 
-    Returns the (n, 12) parameters and a boolean (n,) of accepted edges.
+    Returns the (n, 13) parameters and a boolean (n,) of accepted edges.
     """
     rho = np.sqrt((dr - p[:, 0:1]) ** 2 + (dc - p[:, 1:2]) ** 2)
     outside = (rho > p[:, 2:3] + 2 * p[:, 3:4]) & (sw > 0)
@@ -613,7 +633,9 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
     rows = np.arange(len(p))
     height = np.where(var[rows, k] > 0, cov[rows, k] / np.maximum(var[rows, k], 1e-300), 0.0)
     plane = coef_plane[..., 0] - piq[rows, :, k] * height[:, None]
-    pe = np.concatenate([p, np.stack([height, lines_th[k], lines_d[k], np.ones(len(p))], 1)], 1)
+    pe = np.concatenate(
+        [p, np.stack([height, lines_th[k], lines_d[k], np.ones(len(p)), np.zeros(len(p))], 1)], 1
+    )
     # the shadow's level stays where it was; the background is the new one
     pe[:, 4] += p[:, 5] - plane[:, 0]
     pe[:, 5:8] = plane
@@ -622,6 +644,20 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
         win, dr, dc, sw, pe, 40, (r_lo, r_hi, h), model_fn=_model_edge
     )
     accepted = np.isfinite(cost_edge) & (cost_edge < cost_plain - EDGE_MIN_DCHI2)
+    if MAX_EDGE_CURVATURE > 0 and accepted.any():
+        a = np.flatnonzero(accepted)
+        pc, cost_c = _levenberg_marquardt(
+            win[a],
+            dr[a],
+            dc[a],
+            sw[a],
+            pe[a],
+            40,
+            (r_lo, r_hi, h, MAX_EDGE_CURVATURE),
+            model_fn=_model_edge,
+        )
+        bent = np.isfinite(cost_c) & (cost_c < cost_edge[a] - EDGE_MIN_DCHI2_CURVED)
+        pe[a[bent]] = pc[bent]
     return pe, accepted
 
 
@@ -651,11 +687,14 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
 
     Only windows that have not converged are iterated (an active set), so a
     few slow fits do not cost the many fast ones. ``model_fn`` (default
-    :func:`_model`) may add parameters after the disc's eight. Returns the
-    parameters and each window's final weighted cost.
+    :func:`_model`) may add parameters after the disc's eight. ``bounds`` is
+    (smallest radius, largest radius, half window[, largest edge curvature,
+    0 when not given: a straight edge]). Returns the parameters and each
+    window's final weighted cost.
     """
     model_fn = _model if model_fn is None else model_fn
-    r_lo, r_hi, h = bounds
+    r_lo, r_hi, h = bounds[:3]
+    k_max = bounds[3] if len(bounds) > 3 else 0.0
     p = p.copy()
     n = len(p)
     lam = np.full(n, 1e-2)
@@ -686,6 +725,7 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
         if trial.shape[1] > 8:
             trial[:, 10] = np.clip(trial[:, 10], -3 * h, 3 * h)
             trial[:, 11] = np.clip(trial[:, 11], 0.3, 4.0)
+            trial[:, 12] = np.clip(trial[:, 12], -k_max, k_max)
         m_t, j_t = model_fn(dr[act], dc[act], trial)
         res_t = (win[act] - m_t) * swa
         cost_t = (res_t**2).sum(1)
@@ -726,8 +766,8 @@ class MarkerFit(NamedTuple):
     shift : ndarray (n,)
         Distance (px) between the centres of the additive first fit and the
         final model.
-    edge : ndarray (n, 4)
-        The step's E, theta, d, s_e where ``has_edge`` (height 0 elsewhere).
+    edge : ndarray (n, 5)
+        The step's E, theta, d, s_e, kappa where ``has_edge`` (height 0 elsewhere).
     """
 
     params: np.ndarray
@@ -799,7 +839,7 @@ def fit_markers(
     if n == 0:
         z = np.zeros(0)
         return MarkerFit(
-            np.zeros((0, 8)), np.zeros((0, 8)), z, z, z, z.astype(bool), z, np.zeros((0, 4))
+            np.zeros((0, 8)), np.zeros((0, 8)), z, z, z, z.astype(bool), z, np.zeros((0, 5))
         )
     ci = np.rint(candidates).astype(np.int64)
     win, inside, dr, dc = _gather(display, ci, h)
@@ -891,7 +931,7 @@ def fit_markers(
     var = var_bg[:, None] + (var_core - var_bg)[:, None] * disc
     sw = (mask / np.sqrt(var)).astype(np.float32)
     g = np.flatnonzero(go)
-    edge = np.zeros((n, 4))
+    edge = np.zeros((n, 5))
     edge[:, 3] = 1.0  # step height 0: no edge
     has_edge = np.zeros(n, bool)
     if len(g):
@@ -916,11 +956,13 @@ def fit_markers(
     full = np.concatenate([p, edge], axis=1)
     cov_diag = np.zeros((n, 8))
     model = np.empty_like(win)
-    for sel, k in ((~has_edge, 8), (has_edge, 12)):
+    curved = edge[:, 4] != 0
+    for sel, k in ((~has_edge, 8), (has_edge & ~curved, 12), (has_edge & curved, 13)):
         if not sel.any():
             continue
         fn = _model if k == 8 else _model_edge
-        model[sel], jac = fn(dr[sel], dc[sel], full[sel, :k])
+        model[sel], jac = fn(dr[sel], dc[sel], full[sel])
+        jac = jac[:, :k]  # a straight edge's curvature was held at 0, not fitted
         jw = jac * sw[sel][:, None, :]
         jtj = jw @ jw.transpose(0, 2, 1)
         try:
@@ -1055,8 +1097,11 @@ def refit_on_edges(
     # the shadow's level against the background at the bead's centre (the
     # plane and the step there), as the plain fit's contrast is
     rel = p[:, :2] - np.rint(det.rc[take])
-    e, th, d, se = edge.T
-    step = e * 0.5 * erfc(-((np.cos(th) * rel[:, 0] + np.sin(th) * rel[:, 1] - d) / se) / _SQRT2)
+    e, th, d, se, kappa = edge.T
+    ct, st = np.cos(th), np.sin(th)
+    along = ct * rel[:, 1] - st * rel[:, 0]
+    t = ct * rel[:, 0] + st * rel[:, 1] - d + 0.5 * kappa * along**2
+    step = e * 0.5 * erfc(-(t / se) / _SQRT2)
     contrast = p[:, 4] - (p[:, 6] * rel[:, 0] + p[:, 7] * rel[:, 1] + step)
     out = det.subset(np.arange(len(det)))
     out.rejected = det.rejected
