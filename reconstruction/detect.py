@@ -708,6 +708,10 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
             break
         swa = sw[act]
         jw = jac[act] * swa[:, None, :]
+        if p.shape[1] > 12 and k_max == 0:
+            # a straight edge: the curvature is held at 0, so it takes no part in
+            # the step (a joint step clipped afterwards would stall the others)
+            jw[:, 12] = 0.0
         jtj = jw @ jw.transpose(0, 2, 1)
         jtr = (jw @ res[act][..., None])[..., 0]
         diag = np.einsum("nii->ni", jtj)

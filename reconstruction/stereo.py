@@ -9,7 +9,7 @@ propagated from each calibrated pose's covariance, per pair). A bead with a
 single candidate whose only candidate it is, is matched. Where beads line up
 along the epipolar direction and several pairs share a bead, the most likely
 assignment of that group is taken pair by pair only where every rival pairing
-is ``k^2`` worse in chi-square (see :func:`_weigh`); the other beads are
+is :data:`RIVAL_MARGIN_CHI2` worse in chi-square (see :func:`_weigh`); the other beads are
 reported as ambiguous and never guessed.
 
 A patient who moved between the two exposures shifts every bead across the
@@ -139,7 +139,7 @@ def _augmented_cost(chi2: np.ndarray, edges: np.ndarray, unmatched: float) -> np
 
 
 def _weigh(
-    chi2: np.ndarray, edges: np.ndarray, k_sigma: float, margin: float = RIVAL_MARGIN_CHI2
+    chi2: np.ndarray, edges: np.ndarray, k_sigma: float, margin: float | None = None
 ) -> list[tuple[int, int]]:
     """Pairs of one component of the gated-pair graph that no other pairing rivals.
 
@@ -158,6 +158,7 @@ def _weigh(
     0.96 (largest 3.2).
     """
     n_a, n_b = chi2.shape
+    margin = RIVAL_MARGIN_CHI2 if margin is None else margin
     u = 0.5 * k_sigma**2
     c = _augmented_cost(chi2, edges, u)
     r, k = linear_sum_assignment(c)
@@ -259,7 +260,7 @@ def match(
         Pairs that may be matched at all.
 
     Groups of beads that share candidates are resolved by the most likely
-    assignment where no rival is within ``k^2`` of it (:func:`_weigh`); at a
+    assignment where no rival is within :data:`RIVAL_MARGIN_CHI2` of it (:func:`_weigh`); at a
     motion shift (few pairs, many chances) every bead of such a group is
     ambiguous.
     """

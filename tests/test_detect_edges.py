@@ -67,7 +67,7 @@ def round_border_exam(offset_px: float, radius_px: float, seed: int, quanta: flo
 @pytest.mark.parametrize("offset,radius", [(2.0, 12.0), (3.0, 12.0), (2.0, 20.0)])
 def test_a_curved_border_is_followed(offset, radius):
     """A round outline 12-20 px in radius bends across the fit window: a straight step
-    leaves the centre 1.7-2.4 bounds off (measured), the curved one about its bound."""
+    leaves the centre 2.2-3.0 bounds off (measured), the curved one 0.6-0.8."""
     edged, bound = [], []
     for seed in range(6):
         counts, truth = round_border_exam(offset, radius, seed)
