@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from reconstruction.geometry import Detector, Tolerance, ViewGeometry
+from reconstruction.geometry import Detector, Tolerance, ViewGeometry, projection_matrices
 
 N_PARAMS = 9  # focus (3, mm), detector rotation vector (3, rad), detector shift (3, mm)
 
@@ -53,6 +53,20 @@ class PoseModel:
         origin = centre0 + theta[6:9] + rot @ (det0.origin_mm - centre0)
         det = Detector(origin, rc, cc, det0.pixel_spacing_mm, det0.rows, det0.columns)
         return ViewGeometry(self.nominal.focus_mm + theta[0:3], det)
+
+    def projection_matrices(self, thetas: np.ndarray) -> np.ndarray:
+        """Projection matrices (k, 3, 4) for k parameter sets at once (as :meth:`view`
+        followed by ``projection_matrix``, batched)."""
+        det0 = self.nominal.detector
+        rot = _rodrigues_many(thetas[:, 3:6])
+        centre0 = det0.center_mm
+        rc = rot @ det0.row_cosines
+        cc = rot @ det0.column_cosines
+        n = _cross(rc, cc)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        origin = centre0 + thetas[:, 6:9] + rot @ (det0.origin_mm - centre0)
+        focus = self.nominal.focus_mm + thetas[:, 0:3]
+        return projection_matrices(focus, origin, rc, cc, n, det0.pixel_spacing_mm)
 
     def project(self, theta: np.ndarray, xyz: np.ndarray) -> np.ndarray:
         """Image positions (n, 2) of ``xyz`` for parameters ``theta`` (NaN without a shadow)."""

@@ -153,20 +153,14 @@ class ViewGeometry:
         See Hartley & Zisserman, *Multiple View Geometry*, 2nd ed., 2004, ch. 6.
         """
         det = self.detector
-        n = det.normal
-        f = self.focus_mm
-        h = float((det.origin_mm - f) @ n)  # signed focus-to-plane distance along n
-        # Hit point X_d = f + h (X - f) / (n.(X - f)); pixel coords are affine in X_d.
-        rows = []
-        for axis, sp in (
-            (det.column_cosines, det.pixel_spacing_mm[0]),
-            (det.row_cosines, det.pixel_spacing_mm[1]),
-        ):
-            # coord * (n.(X-f)) = h * axis.(X-f)/sp + (f-origin).axis/sp * n.(X-f)
-            a = h * axis / sp + ((f - det.origin_mm) @ axis / sp) * n
-            rows.append(np.append(a, -a @ f))
-        rows.append(np.append(n, -n @ f))
-        return np.array(rows)
+        return projection_matrices(
+            self.focus_mm[None],
+            det.origin_mm[None],
+            det.row_cosines[None],
+            det.column_cosines[None],
+            det.normal[None],
+            det.pixel_spacing_mm,
+        )[0]
 
     def ray_through(self, rc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit direction(s) from the focus through image position(s) ``[row, col]``."""
@@ -312,3 +306,31 @@ class Cage:
                 for m in self.markers
             ],
         }
+
+
+def projection_matrices(
+    focus: np.ndarray,
+    origin: np.ndarray,
+    row_cosines: np.ndarray,
+    column_cosines: np.ndarray,
+    normal: np.ndarray,
+    spacing: np.ndarray,
+) -> np.ndarray:
+    """Projection matrices (k, 3, 4) of k views, each ``[row, col, 1] ~ P @ [x, y, z, 1]``.
+
+    Arguments are (k, 3) arrays (the detector's unit ``normal`` included) and the
+    pixel spacing (row, column) shared by all. The hit point on the detector
+    plane is ``X_d = f + h (X - f) / (n.(X - f))`` with ``h = n.(origin - f)``,
+    and pixel coordinates are affine in ``X_d`` (Hartley & Zisserman,
+    *Multiple View Geometry*, 2nd ed., 2004, ch. 6).
+    """
+    h = np.sum((origin - focus) * normal, axis=1)[:, None]  # signed focus-to-plane distance
+    out = np.empty((len(focus), 3, 4))
+    for i, (axis, sp) in enumerate(((column_cosines, spacing[0]), (row_cosines, spacing[1]))):
+        # coord * (n.(X-f)) = h * axis.(X-f)/sp + (f-origin).axis/sp * n.(X-f)
+        a = h * axis / sp + (np.sum((focus - origin) * axis, axis=1)[:, None] / sp) * normal
+        out[:, i, :3] = a
+        out[:, i, 3] = -np.sum(a * focus, axis=1)
+    out[:, 2, :3] = normal
+    out[:, 2, 3] = -np.sum(normal * focus, axis=1)
+    return out

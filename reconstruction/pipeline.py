@@ -278,18 +278,20 @@ def epipolar_calibration_sigma(
     covariance, one standard deviation each (linear propagation)."""
     var = np.zeros((len(rc_a), len(rc_b)))
     p_a, p_b = va.geometry.projection_matrix(), vb.geometry.projection_matrix()
+    f0 = fundamental_matrix(p_a, p_b)
     for vr, first in ((va, True), (vb, False)):
         lam, vec = np.linalg.eigh(vr.theta_cov)
-        theta = vr.calibration.theta
-        for k in range(len(lam)):
-            step = np.sqrt(max(float(lam[k]), 0.0)) * vec[:, k]
-            d = []
-            for sign in (1.0, -1.0):
-                p = vr.pose_model.view(theta + sign * step).projection_matrix()
-                f = fundamental_matrix(p, p_b) if first else fundamental_matrix(p_a, p)
-                d_b, d_a = epipolar_distances(f, rc_a, rc_b)
-                d.append(np.sqrt(0.5 * (d_a**2 + d_b**2)) * np.sign(d_b))
-            var += (0.5 * (d[0] - d[1])) ** 2
+        steps = (np.sqrt(np.maximum(lam, 0.0)) * vec).T  # one step per principal axis
+        k = len(steps)
+        p = vr.pose_model.projection_matrices(
+            vr.calibration.theta + np.concatenate([steps, -steps])
+        )
+        f = fundamental_matrix(p, p_b) if first else fundamental_matrix(p_a, p)
+        # F is defined up to its sign: all of them with the unperturbed one's
+        f *= np.where(np.einsum("kij,ij->k", f, f0) < 0, -1.0, 1.0)[:, None, None]
+        d_b, d_a = epipolar_distances(f, rc_a, rc_b)
+        d = np.sqrt(0.5 * (d_a**2 + d_b**2)) * np.sign(d_b)
+        var += np.sum((0.5 * (d[:k] - d[k:])) ** 2, axis=0)
     return np.sqrt(var)
 
 

@@ -32,26 +32,34 @@ from reconstruction.triangulate import closest_points
 
 
 def fundamental_matrix(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
-    """F with ``x_B^T F x_A = 0`` for image points ``[row, col, 1]``."""
+    """F with ``x_B^T F x_A = 0`` for image points ``[row, col, 1]``.
+
+    Stacks of projection matrices (..., 3, 4) give stacks of F (..., 3, 3).
+    """
     _, _, vt = np.linalg.svd(p_a)
-    c_a = vt[-1]
-    e_b = p_b @ c_a
-    ex = np.array([[0, -e_b[2], e_b[1]], [e_b[2], 0, -e_b[0]], [-e_b[1], e_b[0], 0]])
+    c_a = vt[..., -1, :]
+    e_b = np.einsum("...ij,...j->...i", p_b, c_a)
+    ex = np.zeros((*e_b.shape[:-1], 3, 3))
+    ex[..., 0, 1], ex[..., 0, 2], ex[..., 1, 2] = -e_b[..., 2], e_b[..., 1], -e_b[..., 0]
+    ex[..., 1, 0], ex[..., 2, 0], ex[..., 2, 1] = e_b[..., 2], -e_b[..., 1], e_b[..., 0]
     f = ex @ p_b @ np.linalg.pinv(p_a)
-    return f / np.linalg.norm(f)
+    return f / np.linalg.norm(f, axis=(-2, -1), keepdims=True)
 
 
 def epipolar_distances(
     f: np.ndarray, rc_a: np.ndarray, rc_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Signed distances (nA, nB) of B points to A's lines, and of A points to B's lines (px)."""
+    """Signed distances (nA, nB) of B points to A's lines, and of A points to B's lines (px).
+
+    A stack of F (..., 3, 3) gives stacks of distances (..., nA, nB).
+    """
     xa = np.c_[rc_a, np.ones(len(rc_a))]
     xb = np.c_[rc_b, np.ones(len(rc_b))]
-    la = xa @ f.T  # lines in B, one per A point
+    la = xa @ np.swapaxes(f, -1, -2)  # lines in B, one per A point
     lb = xb @ f  # lines in A, one per B point
-    num = xb @ la.T  # (nB, nA): x_b . F x_a
-    d_b = (num / np.linalg.norm(la[:, :2], axis=1)[None, :]).T
-    d_a = (num / np.linalg.norm(lb[:, :2], axis=1)[:, None]).T
+    num = xb @ np.swapaxes(la, -1, -2)  # (nB, nA): x_b . F x_a
+    d_b = np.swapaxes(num / np.linalg.norm(la[..., :2], axis=-1)[..., None, :], -1, -2)
+    d_a = np.swapaxes(num / np.linalg.norm(lb[..., :2], axis=-1)[..., :, None], -1, -2)
     return d_b, d_a
 
 
