@@ -2,7 +2,7 @@
 
 Exams are rendered once per module. Hard guards hold what the reconstruction
 achieves on these renders; the issue's goals are asserted, at the goal values,
-for the region/cage cases where they are met (see GOAL_3D_CASES); where they are
+for the region/cage cases where they are met (see GOAL_CASES); where they are
 not, the measured gap is stated in docs/benchmarks.md and docs/reconstruction.md
 ("Known limits") rather than kept as a test that cannot fail.
 """
@@ -115,22 +115,25 @@ def test_patient_moving_1mm_across_epipolar_planes_gets_retake(region):
     assert not crossing["passed"]
 
 
-# The issue's 3D goal (<= 15 µm RMS) is asserted for every region and cage where
-# it is met on all of seeds 1-3 of `python -m benchmarks.bench_reconstruct accuracy`
-# at the simulator's defaults: today the cervical spine with the biplanar cage
-# (10.8-16.8 µm elsewhere; see docs/benchmarks.md). Recall >= 98 % of the beads
-# visible in both views is met on no region/cage for all three seeds (0.60-1.00),
-# so it has no test here; the gap is in docs/reconstruction.md "Known limits".
-GOAL_3D_CASES = [("spine", "biplanar", s) for s in (1, 2, 3)]
+# The issue's goals are asserted for every region and cage where they are met on
+# all of seeds 1-6 of `python -m benchmarks.bench_reconstruct accuracy --seeds 1-6`
+# at the simulator's defaults: today the cervical spine with the biplanar cage,
+# 3D 8.8-13.0 µm, recall 1.00 on every seed since the rival margin of 12 (the
+# fifth session; seed 6 was 0.89 before), no false marker. Elsewhere 3D is
+# 10.8-25.4 µm and recall 0.50-1.00 per exam (docs/benchmarks.md, and
+# docs/reconstruction.md "Known limits").
+GOAL_CASES = [("spine", "biplanar", s) for s in (1, 2, 3, 4, 5, 6)]
 
 
-@pytest.mark.parametrize("region,cage_name,seed", GOAL_3D_CASES)
-def test_goal_3d_error_15um_rms_no_false_marker_focus_1mm(region, cage_name, seed):
+@pytest.mark.parametrize("region,cage_name,seed", GOAL_CASES)
+def test_goals_3d_15um_recall_98_no_false_marker_focus_1mm(region, cage_name, seed):
     ex, _station, _cage, res = _run(region, seed, cage=cage_name)
-    _j, dist, _ = _matched(ex, res)
+    j, dist, _ = _matched(ex, res)
     assert len(dist) >= 3, "a usable exam"
     assert np.all(dist < 0.5), "no false marker"
     assert 1000 * np.sqrt(np.mean(dist**2)) <= 15.0
+    both = {i for i, b in enumerate(ex.truth["beads"]) if b["visible"]["A"] and b["visible"]["B"]}
+    assert len(both & set(j.tolist())) >= 0.98 * len(both), "recall"
     for v in "AB":
         f = np.array(ex.truth["views"][v]["focus_mm"])
         assert np.linalg.norm(res.views[v].geometry.focus_mm - f) <= 1.0
