@@ -144,6 +144,11 @@ def _decode(p: Path, ds) -> DicomImage:
         except (TypeError, ValueError):
             raise InputError(f"{p}: RescaleSlope/RescaleIntercept are not numbers") from None
     spacing, attr = _spacing(ds)
+    relationship = str(ds.get("PixelIntensityRelationship", "") or "LOG").strip().upper()
+    try:
+        sign = int(ds.get("PixelIntensityRelationshipSign", 0) or 0)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: PixelIntensityRelationshipSign is not a number") from None
     try:
         raw = RawImage(
             pixels,
@@ -151,6 +156,8 @@ def _decode(p: Path, ds) -> DicomImage:
             bits_stored=bits_stored,
             rescale_slope=slope,
             rescale_intercept=intercept,
+            intensity_relationship=relationship,
+            intensity_sign=sign,
         )
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None

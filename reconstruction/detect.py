@@ -37,7 +37,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from reconstruction.image import RawImage
+from reconstruction.image import RawImage, display_values
 from reconstruction.lightweight import erfc, median, neighbours_within, pairs_within
 
 _SQRT2 = np.sqrt(2.0)
@@ -148,13 +148,9 @@ def _masked_pixels(image: RawImage) -> np.ndarray:
 
 
 def _apply_lut(values: np.ndarray, image: RawImage) -> np.ndarray:
-    """Modality LUT and photometric inversion on float32 values, in place."""
-    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
-        values *= np.float32(image.rescale_slope)
-        values += np.float32(image.rescale_intercept)
-    if image.photometric == "MONOCHROME1":
-        np.negative(values, out=values)
-    return values
+    """Modality LUT, logarithm of linear images and photometric inversion on float32
+    values, in place (:func:`reconstruction.image.display_values`)."""
+    return display_values(values, image)
 
 
 def reduced_display(image: RawImage, k: int) -> np.ndarray:
@@ -162,7 +158,10 @@ def reduced_display(image: RawImage, k: int) -> np.ndarray:
 
     Area averaging, the Modality LUT (linear) and the photometric inversion
     commute, so reducing first and mapping the 1/k^2 smaller image costs one
-    read of the stored pixels, which keeps the real-time cage check fast.
+    read of the stored pixels, which keeps the real-time cage check fast. (The
+    logarithm of a linear image does not commute with it: the log of a k x k
+    mean, which for the coarse pass's blobs differs from the mean of the logs
+    by a fraction of their contrast squared.)
     """
     px = _masked_pixels(image)
     if px.dtype not in (np.uint8, np.uint16, np.int16, np.float32):

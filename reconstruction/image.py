@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from reconstruction.errors import InputError
@@ -29,6 +30,16 @@ class RawImage:
         Significant bits of each stored value; higher bits are ignored.
     rescale_slope, rescale_intercept : float
         Modality LUT: output = slope * stored + intercept.
+    intensity_relationship : str
+        DICOM Pixel Intensity Relationship (0028,1040): ``"LOG"`` (values
+        logarithmic in the X-ray intensity, as processed radiographs are; also
+        assumed when a file does not say) or ``"LIN"`` (proportional to it, as a
+        detector's raw "for processing" images are).
+    intensity_sign : int
+        Pixel Intensity Relationship Sign (0028,1041): ``+1`` if a higher value
+        means more intensity, ``-1`` if less; 0 when not given, then taken from
+        the photometric interpretation (markers displayed bright: -1 for
+        MONOCHROME2, +1 for MONOCHROME1).
     """
 
     pixels: np.ndarray
@@ -36,6 +47,8 @@ class RawImage:
     bits_stored: int = 16
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
+    intensity_relationship: str = "LOG"
+    intensity_sign: int = 0
 
     def __post_init__(self) -> None:
         if self.photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -44,22 +57,57 @@ class RawImage:
             raise InputError(f"image: expected a 2D pixel array, got shape {self.pixels.shape}")
         if not 1 <= self.bits_stored <= 16:
             raise InputError(f"image: BitsStored must be 1..16, got {self.bits_stored}")
+        if self.intensity_sign not in (-1, 0, 1):
+            raise InputError(
+                f"image: PixelIntensityRelationshipSign must be +1 or -1, got {self.intensity_sign}"
+            )
+
+    @property
+    def linear(self) -> bool:
+        """Stored values proportional to the X-ray intensity (DICOM ``LIN``)."""
+        return self.intensity_relationship.strip().upper() == "LIN"
+
+
+#: Display units per natural-log unit of intensity for linear images (values of the
+#: order of a 14-bit log image's, so that float32 keeps the noise's digits).
+LOG_GAIN = 1000.0
+
+
+def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
+    """Stored values (float32, bits above BitsStored cleared) to display values, in place.
+
+    The Modality LUT (``slope * stored + intercept``), then markers made bright:
+    MONOCHROME1 is negated. A linear image (``image.linear``) is taken to the
+    logarithm first, ``-LOG_GAIN * ln(intensity)``: an attenuation image like
+    the processed radiographs the detection was measured on, where an
+    anatomical edge is a step of the same height wherever the exposure is, not
+    one in proportion to it. The intensity is the rescaled value (sign +1) or
+    the largest rescaled value minus it (sign -1), floored at half a unit.
+    """
+    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
+        values *= np.float32(image.rescale_slope)
+        values += np.float32(image.rescale_intercept)
+    if image.linear:
+        sign = image.intensity_sign or (1 if image.photometric == "MONOCHROME1" else -1)
+        if sign < 0:
+            top = ((1 << image.bits_stored) - 1) * image.rescale_slope + image.rescale_intercept
+            np.subtract(np.float32(top), values, out=values)
+        np.maximum(values, np.float32(0.5), out=values)
+        cv2.log(values, dst=values)
+        values *= np.float32(-LOG_GAIN)
+    elif image.photometric == "MONOCHROME1":
+        np.negative(values, out=values)
+    return values
 
 
 def to_display(image: RawImage) -> np.ndarray:
     """Return float32 values in which radio-opaque markers are bright.
 
-    Masks the stored values to ``bits_stored``, applies the Modality LUT, and
-    inverts MONOCHROME1 so that, for both photometric interpretations, a larger
-    value means more attenuation (displayed brighter).
+    Masks the stored values to ``bits_stored`` and applies :func:`display_values`:
+    the Modality LUT, the logarithm of a linear image, and the inversion of
+    MONOCHROME1, so that a larger value means more attenuation.
     """
     px = image.pixels
     if np.issubdtype(px.dtype, np.unsignedinteger) and image.bits_stored < px.dtype.itemsize * 8:
         px = px & np.array((1 << image.bits_stored) - 1, dtype=px.dtype)
-    out = px.astype(np.float32)
-    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
-        out *= np.float32(image.rescale_slope)
-        out += np.float32(image.rescale_intercept)
-    if image.photometric == "MONOCHROME1":
-        np.negative(out, out=out)
-    return out
+    return display_values(px.astype(np.float32), image)

@@ -105,4 +105,6 @@ class Frame:
             bits_stored=m.bits_stored,
             rescale_slope=m.rescale_slope,
             rescale_intercept=m.rescale_intercept,
+            intensity_relationship=m.pixel_intensity_relationship,
+            intensity_sign=m.pixel_intensity_sign,
         )

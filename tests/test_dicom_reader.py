@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from acquisition.dicom_reader import check_against_detector, read_dicom, read_raw_image
 from reconstruction.errors import InputError
 from reconstruction.geometry import Detector
-from reconstruction.image import to_display
+from reconstruction.image import LOG_GAIN, to_display
 
 ROWS, COLS = 64, 48
 DET = Detector(
@@ -61,6 +61,39 @@ def test_reads_pixels_and_their_meaning(tmp_path):
     assert raw.rescale_slope == 2.0 and raw.rescale_intercept == -5.0
     # markers bright: MONOCHROME1 inverts, after the modality LUT
     assert np.allclose(to_display(raw), -(2.0 * px - 5))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_linear_image_is_taken_to_the_logarithm(tmp_path, sign):
+    # Pixel Intensity Relationship LIN (0028,1040) and its sign (0028,1041): the
+    # display is an attenuation image, -ln(intensity) scaled, markers bright
+    ds, px = make_ds(
+        photometric="MONOCHROME2",
+        PixelIntensityRelationship="LIN",
+        PixelIntensityRelationshipSign=sign,
+        RescaleSlope="2",
+        RescaleIntercept="3",
+    )
+    raw = read_raw_image(save(ds, tmp_path / "lin.dcm"), DET, "A")
+    assert raw.linear and raw.intensity_sign == sign
+    value = 2.0 * px + 3
+    intensity = value if sign > 0 else (2.0 * (2**14 - 1) + 3) - value
+    want = -LOG_GAIN * np.log(np.maximum(intensity, 0.5))
+    assert np.allclose(to_display(raw), want, rtol=1e-5, atol=1e-2)
+
+
+def test_a_log_image_or_one_that_does_not_say_is_read_as_before(tmp_path):
+    for extra in ({}, {"PixelIntensityRelationship": "LOG", "PixelIntensityRelationshipSign": -1}):
+        ds, px = make_ds(photometric="MONOCHROME2", **extra)
+        raw = read_raw_image(save(ds, tmp_path / "log.dcm"), DET, "A")
+        assert not raw.linear
+        assert np.array_equal(to_display(raw), px.astype(np.float32))
+
+
+def test_a_garbled_intensity_sign_is_a_one_line_error(tmp_path):
+    ds, _ = make_ds(PixelIntensityRelationship="LIN", PixelIntensityRelationshipSign=3)
+    with pytest.raises(InputError, match="PixelIntensityRelationshipSign"):
+        read_raw_image(save(ds, tmp_path / "bad.dcm"), DET, "A")
 
 
 @pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEG2000Lossless", "RLELossless"])

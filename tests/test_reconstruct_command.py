@@ -64,6 +64,30 @@ def test_writes_the_contract_result(sim):
         assert set(c) == {"code", "view", "passed", "value", "limit", "message"}
 
 
+def test_a_linear_for_processing_exam_gives_the_log_exams_markers(sim, tmp_path):
+    # the same exposure written "for processing", stored linear in the intensity
+    # (Pixel Intensity Relationship LIN): read from the DICOM files and taken to
+    # the logarithm, it gives the log exam's markers
+    lin = tmp_path / "lin"
+    r = cli(
+        "simulate", "--region", "lower", "--seed", "1", "--linear", "--for-processing", "--out", lin
+    )
+    assert r.returncode == 0, r.stderr
+    results = {}
+    for name, d in (("log", sim), ("lin", lin)):
+        out = tmp_path / f"{name}.json"
+        args = ["--station", d / "station.json", "--cage", d / "cage.json"]
+        r = cli("reconstruct", *args, d / "A.dcm", d / "B.dcm", "-o", out)
+        assert r.returncode == 0, r.stderr
+        results[name] = json.loads(out.read_text())
+    log_m, lin_m = results["log"]["markers"], results["lin"]["markers"]
+    assert results["lin"]["qc"]["verdict"] == "pass"
+    assert len(lin_m) == len(log_m) >= 8
+    for a, b in zip(log_m, lin_m, strict=True):
+        d = sum((x - y) ** 2 for x, y in zip(a["xyz_mm"], b["xyz_mm"], strict=True)) ** 0.5
+        assert d <= 0.05, (a["id"], d)
+
+
 def test_views_swapped_is_not_an_error_but_a_retake(sim, tmp_path):
     out = tmp_path / "r.json"
     r = cli(

@@ -115,6 +115,30 @@ def test_patient_moving_1mm_across_epipolar_planes_gets_retake(region):
     assert not crossing["passed"]
 
 
+@pytest.mark.parametrize("region,seed", [("lower", 1), ("lower", 21), ("upper", 21)])
+def test_a_linear_detector_image_gives_the_beads_of_the_log_one(region, seed):
+    """The same exposure stored linear in the intensity (DICOM Pixel Intensity
+    Relationship LIN, as a detector's raw "for processing" image) and logarithmic.
+    Linear values were taken as they came before (fifth session): knee seed 21
+    gave a false marker and recall 0.87, elbow seed 21 recall 0.36 against 0.73
+    (the coarse contrast-to-clutter test saw anatomical edges in proportion to the
+    exposure). Taken to the logarithm they give the log image's beads (measured:
+    the same markers, 3D within 1.1 µm, the same cage counts)."""
+    ex_log, station, cage, res_log = _run(region, seed)
+    ex_lin = simulator.simulate_exam(region, seed, transfer="linear")
+    images = {k: f.to_raw_image() for k, f in ex_lin.frames.items()}
+    assert all(im.linear for im in images.values())
+    res = reconstruct(station, cage, images)
+    j0, d0, _ = _matched(ex_log, res_log)
+    j, dist, _ = _matched(ex_lin, res)
+    assert np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
+    assert set(j.tolist()) == set(j0[d0 < 0.5].tolist())
+    assert abs(np.sqrt(np.mean(dist**2)) - np.sqrt(np.mean(d0**2))) <= 0.003
+    for v in "AB":
+        log_found = res_log.to_dict()["views"][v]["cage_markers_found"]
+        assert abs(res.to_dict()["views"][v]["cage_markers_found"] - log_found) <= 2
+
+
 # The issue's goals are asserted for every region and cage where they are met on
 # all of seeds 1-6 of `python -m benchmarks.bench_reconstruct accuracy --seeds 1-6`
 # at the simulator's defaults: today the cervical spine with the biplanar cage,

@@ -94,6 +94,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="write DX For Processing instead of For Presentation",
     )
     p.add_argument(
+        "--linear",
+        action="store_true",
+        help="stored values linear in the X-ray intensity (Pixel Intensity Relationship "
+        "LIN, as a detector's raw images) instead of logarithmic",
+    )
+    p.add_argument(
         "--compression",
         choices=["none", "rle", "jpeg2000"],
         default="none",
@@ -198,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         noiseless=args.noiseless,
         blur=not args.no_blur,
         phantom_name=args.phantom,
+        transfer="linear" if args.linear else "log",
     )
     if args.series:
         from acquisition.jsonio import write_json
