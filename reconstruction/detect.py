@@ -673,12 +673,25 @@ def _gather(display: np.ndarray, centres: np.ndarray, h: int):
 
 
 def _window_noise(win: np.ndarray) -> np.ndarray:
-    """Per-window noise from first differences (robust; smooth structure cancels)."""
+    """Per-window noise from first differences (robust; smooth structure cancels).
+
+    Never below the quantisation's own noise, ``q / sqrt(12)`` for the smallest
+    step ``q`` between neighbouring values: where the stored values barely
+    change (a photon-starved region of a linear image taken to the logarithm,
+    8 stored bits over a flat area) most differences are 0, the median absolute
+    deviation is 0, and a one-level bump would otherwise count as a marker of
+    unbounded signal-to-noise ratio (fifth session: three false markers on a
+    12-bit linear spine exam). In data that are not quantised the smallest step
+    is tiny and the floor does nothing.
+    """
     d1 = np.diff(win, axis=2).reshape(len(win), -1)
     d2 = np.diff(win, axis=1).reshape(len(win), -1)
     d = np.concatenate([d1, d2], axis=1)
     mad = median(np.abs(d - median(d, axis=1, keepdims=True)), axis=1)
-    return 1.4826 * mad / _SQRT2 + 1e-9
+    step = np.abs(d)
+    step = np.where(step > 0, step, np.inf).min(axis=1)
+    step = np.where(np.isfinite(step), step, 0.0)
+    return np.maximum(1.4826 * mad / _SQRT2, step / np.sqrt(12.0)) + 1e-9
 
 
 def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):

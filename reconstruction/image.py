@@ -71,6 +71,11 @@ class RawImage:
 #: Display units per natural-log unit of intensity for linear images (values of the
 #: order of a 14-bit log image's, so that float32 keeps the noise's digits).
 LOG_GAIN = 1000.0
+#: Smallest intensity (stored levels) of a linear image, so that a zero does not
+#: go to infinity. Flattening photon-starved areas instead (2, 4, 8 levels) was
+#: measured on 12-bit linear exams (fifth session): 2 and 4 kept a false marker,
+#: 8 removed it but lost cage markers (two retakes) and beads (recall 0.40).
+LINEAR_FLOOR_LEVELS = 0.5
 
 
 def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
@@ -82,7 +87,8 @@ def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
     the processed radiographs the detection was measured on, where an
     anatomical edge is a step of the same height wherever the exposure is, not
     one in proportion to it. The intensity is the rescaled value (sign +1) or
-    the largest rescaled value minus it (sign -1), floored at half a unit.
+    the largest rescaled value minus it (sign -1), floored at
+    :data:`LINEAR_FLOOR_LEVELS` stored levels.
     """
     if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
         values *= np.float32(image.rescale_slope)
@@ -92,7 +98,8 @@ def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
         if sign < 0:
             top = ((1 << image.bits_stored) - 1) * image.rescale_slope + image.rescale_intercept
             np.subtract(np.float32(top), values, out=values)
-        np.maximum(values, np.float32(0.5), out=values)
+        floor = LINEAR_FLOOR_LEVELS * abs(image.rescale_slope)
+        np.maximum(values, np.float32(floor), out=values)
         cv2.log(values, dst=values)
         values *= np.float32(-LOG_GAIN)
     elif image.photometric == "MONOCHROME1":

@@ -54,3 +54,25 @@ def test_images_showing_nothing_are_retakes_in_bounded_memory():
         assert verdict == "retake", line
         assert focus == "None" and found == "0", line
         assert float(cpu) < 20, line  # generous: seconds of CPU, not minutes
+
+
+def test_a_window_of_quantised_values_is_never_quieter_than_its_quantisation():
+    """Where stored values barely change (a photon-starved area of a linear image
+    taken to the logarithm, a few stored bits over a flat area) most neighbour
+    differences are 0 and so is their median absolute deviation. A one-level bump
+    was then a marker of signal-to-noise ratio 1e11 (fifth session: three false
+    markers on a 12-bit linear spine exam). The window's noise is now at least the
+    quantisation's, step / sqrt(12); in unquantised noise the floor does nothing."""
+    import numpy as np
+
+    from reconstruction.detect import _window_noise
+
+    rng = np.random.default_rng(5)
+    step = 118.0  # one stored level, in display units
+    win = np.full((3, 21, 21), 7000.0)
+    win[0][rng.random((21, 21)) < 0.05] += step  # a few pixels one level up
+    win[1][8:13, 8:13] += step  # and a one-level blob
+    win[2] = rng.normal(7000.0, 40.0, (21, 21))  # noise well above any quantisation
+    noise = _window_noise(win)
+    assert np.all(noise[:2] >= step / np.sqrt(12) - 1e-6)
+    assert abs(noise[2] - 40.0) < 6.0

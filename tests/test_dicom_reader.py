@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from acquisition.dicom_reader import check_against_detector, read_dicom, read_raw_image
 from reconstruction.errors import InputError
 from reconstruction.geometry import Detector
-from reconstruction.image import LOG_GAIN, to_display
+from reconstruction.image import LINEAR_FLOOR_LEVELS, LOG_GAIN, to_display
 
 ROWS, COLS = 64, 48
 DET = Detector(
@@ -78,7 +78,7 @@ def test_a_linear_image_is_taken_to_the_logarithm(tmp_path, sign):
     assert raw.linear and raw.intensity_sign == sign
     value = 2.0 * px + 3
     intensity = value if sign > 0 else (2.0 * (2**14 - 1) + 3) - value
-    want = -LOG_GAIN * np.log(np.maximum(intensity, 0.5))
+    want = -LOG_GAIN * np.log(np.maximum(intensity, 2.0 * LINEAR_FLOOR_LEVELS))
     assert np.allclose(to_display(raw), want, rtol=1e-5, atol=1e-2)
 
 
