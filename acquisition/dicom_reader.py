@@ -131,7 +131,19 @@ def _decode(p: Path, ds) -> DicomImage:
     if pixels.shape != (rows, cols):
         raise InputError(f"{p}: pixel data is {pixels.shape}, expected {rows}x{cols}")
     slope, intercept = 1.0, 0.0
-    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+    relationship = ds.get("PixelIntensityRelationship", "") or "LOG"
+    if not isinstance(relationship, str):  # a multi-valued element
+        relationship = str(relationship[0]) if len(relationship) else "LOG"
+    relationship = relationship.strip().upper()
+    try:
+        sign = float(ds.get("PixelIntensityRelationshipSign", 0) or 0)
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: PixelIntensityRelationshipSign is not a number") from None
+    if sign not in (-1.0, 0.0, 1.0):
+        raise InputError(f"{p}: PixelIntensityRelationshipSign must be +1 or -1, got {sign:g}")
+    # a linear image is read from its stored values (the relationship describes
+    # them), so a Modality LUT Sequence is not applied to it
+    if relationship != "LIN" and "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
         from pydicom.pixels import apply_modality_lut
 
         with warnings.catch_warnings(record=True):
@@ -144,11 +156,6 @@ def _decode(p: Path, ds) -> DicomImage:
         except (TypeError, ValueError):
             raise InputError(f"{p}: RescaleSlope/RescaleIntercept are not numbers") from None
     spacing, attr = _spacing(ds)
-    relationship = str(ds.get("PixelIntensityRelationship", "") or "LOG").strip().upper()
-    try:
-        sign = int(ds.get("PixelIntensityRelationshipSign", 0) or 0)
-    except (TypeError, ValueError):
-        raise InputError(f"{p}: PixelIntensityRelationshipSign is not a number") from None
     try:
         raw = RawImage(
             pixels,
@@ -157,7 +164,7 @@ def _decode(p: Path, ds) -> DicomImage:
             rescale_slope=slope,
             rescale_intercept=intercept,
             intensity_relationship=relationship,
-            intensity_sign=sign,
+            intensity_sign=int(sign),
         )
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None

@@ -11,7 +11,9 @@ make it cheaper here without changing what it finds:
    (2.3 ms for k = 5, 3.8 ms for k = 6). The stored values are reduced, and the
    Modality LUT and the photometric inversion (both linear, so they commute
    with averaging) are applied to the small image only: the full-resolution
-   frame is read once and never converted to float.
+   frame is read once and never converted to float. (A linear image's
+   logarithm does not commute with averaging; it is taken of the small image's
+   block means, which for the visibility of cage markers is the same.)
 2. *One band-pass octave at the cage markers' scale.* Cage markers are all
    of about one size (the shadow radii of one cage differ by the spread of
    magnification only), so a single difference of Gaussians whose inner scale

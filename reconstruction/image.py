@@ -83,26 +83,34 @@ def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
 
     The Modality LUT (``slope * stored + intercept``), then markers made bright:
     MONOCHROME1 is negated. A linear image (``image.linear``) is taken to the
-    logarithm first, ``-LOG_GAIN * ln(intensity)``: an attenuation image like
+    logarithm instead, ``-LOG_GAIN * ln(intensity)``: an attenuation image like
     the processed radiographs the detection was measured on, where an
     anatomical edge is a step of the same height wherever the exposure is, not
-    one in proportion to it. The intensity is the rescaled value (sign +1) or
-    the largest rescaled value minus it (sign -1), floored at
-    :data:`LINEAR_FLOOR_LEVELS` stored levels.
+    one in proportion to it. The relationship and its sign describe the stored
+    values (DICOM PS3.3 C.8.11.3.1.2), so the intensity is the stored value
+    (sign +1) or the largest stored value minus it (sign -1; the photometric
+    interpretation's convention when the sign is not given), floored at
+    :data:`LINEAR_FLOOR_LEVELS`; the Modality LUT, a linear map, would only add
+    a constant or, with an intercept, bend the logarithm. For a LOG image the
+    photometric interpretation orients the values, as it always did.
     """
-    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
-        values *= np.float32(image.rescale_slope)
-        values += np.float32(image.rescale_intercept)
     if image.linear:
         sign = image.intensity_sign or (1 if image.photometric == "MONOCHROME1" else -1)
         if sign < 0:
-            top = ((1 << image.bits_stored) - 1) * image.rescale_slope + image.rescale_intercept
+            signed = np.issubdtype(image.pixels.dtype, np.signedinteger)
+            top = (1 << (image.bits_stored - 1 if signed else image.bits_stored)) - 1
             np.subtract(np.float32(top), values, out=values)
-        floor = LINEAR_FLOOR_LEVELS * abs(image.rescale_slope)
-        np.maximum(values, np.float32(floor), out=values)
-        cv2.log(values, dst=values)
+        np.maximum(values, np.float32(LINEAR_FLOOR_LEVELS), out=values)
+        if values.flags.c_contiguous:
+            cv2.log(values, dst=values)
+        else:
+            np.log(values, out=values)
         values *= np.float32(-LOG_GAIN)
-    elif image.photometric == "MONOCHROME1":
+        return values
+    if image.rescale_slope != 1.0 or image.rescale_intercept != 0.0:
+        values *= np.float32(image.rescale_slope)
+        values += np.float32(image.rescale_intercept)
+    if image.photometric == "MONOCHROME1":
         np.negative(values, out=values)
     return values
 

@@ -65,8 +65,10 @@ def test_reads_pixels_and_their_meaning(tmp_path):
 
 @pytest.mark.parametrize("sign", [1, -1])
 def test_a_linear_image_is_taken_to_the_logarithm(tmp_path, sign):
-    # Pixel Intensity Relationship LIN (0028,1040) and its sign (0028,1041): the
-    # display is an attenuation image, -ln(intensity) scaled, markers bright
+    # Pixel Intensity Relationship LIN (0028,1040) and its sign (0028,1041)
+    # describe the stored values (PS3.3 C.8.11.3.1.2): the display is an
+    # attenuation image, -ln(intensity) scaled, markers bright; a rescale does
+    # not enter it
     ds, px = make_ds(
         photometric="MONOCHROME2",
         PixelIntensityRelationship="LIN",
@@ -76,9 +78,24 @@ def test_a_linear_image_is_taken_to_the_logarithm(tmp_path, sign):
     )
     raw = read_raw_image(save(ds, tmp_path / "lin.dcm"), DET, "A")
     assert raw.linear and raw.intensity_sign == sign
-    value = 2.0 * px + 3
-    intensity = value if sign > 0 else (2.0 * (2**14 - 1) + 3) - value
-    want = -LOG_GAIN * np.log(np.maximum(intensity, 2.0 * LINEAR_FLOOR_LEVELS))
+    intensity = px.astype(float) if sign > 0 else (2**14 - 1) - px.astype(float)
+    want = -LOG_GAIN * np.log(np.maximum(intensity, LINEAR_FLOOR_LEVELS))
+    assert np.allclose(to_display(raw), want, rtol=1e-5, atol=1e-2)
+
+
+def test_a_linear_image_ignores_a_modality_lut_sequence(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds, px = make_ds(PixelIntensityRelationship="LIN", PixelIntensityRelationshipSign=1)
+    item = Dataset()
+    item.LUTDescriptor = [2**14, 0, 16]
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "OW", (np.arange(2**14) // 4).astype("<u2").tobytes())
+    ds.ModalityLUTSequence = Sequence([item])
+    raw = read_raw_image(save(ds, tmp_path / "lut.dcm"), DET, "A")
+    assert np.array_equal(raw.pixels, px)
+    want = -LOG_GAIN * np.log(np.maximum(px.astype(float), LINEAR_FLOOR_LEVELS))
     assert np.allclose(to_display(raw), want, rtol=1e-5, atol=1e-2)
 
 
@@ -90,10 +107,12 @@ def test_a_log_image_or_one_that_does_not_say_is_read_as_before(tmp_path):
         assert np.array_equal(to_display(raw), px.astype(np.float32))
 
 
-def test_a_garbled_intensity_sign_is_a_one_line_error(tmp_path):
-    ds, _ = make_ds(PixelIntensityRelationship="LIN", PixelIntensityRelationshipSign=3)
-    with pytest.raises(InputError, match="PixelIntensityRelationshipSign"):
+@pytest.mark.parametrize("sign", [3, -2])
+def test_a_garbled_intensity_sign_is_a_one_line_error(tmp_path, sign):
+    ds, _ = make_ds(PixelIntensityRelationship="LIN", PixelIntensityRelationshipSign=sign)
+    with pytest.raises(InputError, match="PixelIntensityRelationshipSign") as e:
         read_raw_image(save(ds, tmp_path / "bad.dcm"), DET, "A")
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEG2000Lossless", "RLELossless"])
