@@ -139,6 +139,29 @@ def test_a_linear_detector_image_gives_the_beads_of_the_log_one(region, seed):
         assert abs(res.to_dict()["views"][v]["cage_markers_found"] - log_found) <= 2
 
 
+@pytest.mark.parametrize("seed", [3, 21])
+def test_a_binned_read_out_identifies_the_cage_and_pairs_no_false_marker(seed):
+    """The knee read out binned 2 x 2 (0.3 mm pixels, cage shadows 1.7-1.9 px in
+    radius). The fitted radius of so small a disc trades off against its blur;
+    the identification's size check then kept 20 of 67 detected cage markers of
+    seed 3's view B, the calibration went 11 px wrong and 8 false markers came
+    out (seed 21: 44 of 74 in view A, 3 false markers). Measured now: 68-73 of
+    75-76 per view, no false marker, verdict pass."""
+    ex = simulator.simulate_exam("lower", seed, full_resolution=False)
+    station, cage = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
+    res = reconstruct(station, cage, {k: f.to_raw_image() for k, f in ex.frames.items()})
+    _j, dist, _ = _matched(ex, res)
+    assert len(dist) >= 6 and np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
+    out = res.to_dict()
+    assert out["qc"]["verdict"] == "pass"
+    for v in "AB":
+        found, expected = (
+            out["views"][v]["cage_markers_found"],
+            out["views"][v]["cage_markers_expected"],
+        )
+        assert found >= 0.85 * expected, (v, found, expected)
+
+
 # The issue's goals are asserted for every region and cage where they are met on
 # all of seeds 1-6 of `python -m benchmarks.bench_reconstruct accuracy --seeds 1-6`
 # at the simulator's defaults: today the cervical spine with the biplanar cage,
