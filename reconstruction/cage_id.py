@@ -105,6 +105,28 @@ def _fit(lin: _Linear, mk: np.ndarray, dets: np.ndarray, sigma: float):
     return lin.x0 + cov @ (j.T @ r - lin.x0), cov
 
 
+def _confirmed(lin: _Linear, mk: np.ndarray, sigma: float, limit_px: float) -> np.ndarray:
+    """Which of the pairs' markers the others predict to within ``limit_px`` (bool).
+
+    The posterior of the pose without marker i (the information of the prior
+    and the other pairs) gives i's predicted position a covariance; where its
+    largest axis exceeds ``limit_px`` nothing but i's own blob says where i
+    is. Such a pair is no evidence: a marker of another height group that
+    joined a vote's peak pins the pose's free direction to whatever blob lay
+    there (fifth session: one fiducial on a noise blob 11 px from its shadow
+    held a lateral spine view's 24 fiducials out of reach; 40 of 75 markers).
+    """
+    j = lin.jac[mk] / sigma  # (k, 2, 9)
+    info = np.einsum("kai,kaj->ij", j, j) + np.eye(N_PARAMS)
+    own = np.einsum("kai,kaj->kij", j, j)
+    cov = np.linalg.inv(info[None] - own)  # (k, 9, 9)
+    pc = lin.jac[mk] @ cov @ lin.jac[mk].transpose(0, 2, 1)  # (k, 2, 2), px^2
+    tr = pc[:, 0, 0] + pc[:, 1, 1]
+    det = pc[:, 0, 0] * pc[:, 1, 1] - pc[:, 0, 1] ** 2
+    lmax = 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0))
+    return np.sqrt(lmax) <= limit_px
+
+
 def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
     """Per-marker gate radius: k sigma of the prediction's largest axis plus a floor."""
     jc = (lin.jac2 @ cov).reshape(-1, 2, N_PARAMS)
@@ -414,8 +436,14 @@ def _solve(ctx, first_choice: int, first=None, start=None):
         )
         r, c = linear_sum_assignment(cost)
         ok = cost[r, c] < _BIG
-        mk = np.r_[mk, um[r[ok]]]
-        dk = np.r_[dk, ud[c[ok]]]
+        new_m, new_d = um[r[ok]], ud[c[ok]]
+        # a new pair is kept only where the round's other pairs (and those of
+        # earlier rounds) predict its marker: a lone marker of another height
+        # group is left to a later round
+        both = np.r_[mk, new_m]
+        keep = _confirmed(ctx[0], both, ctx[6], bandwidth)[len(mk) :]
+        mk = np.r_[mk, new_m[keep]]
+        dk = np.r_[dk, new_d[keep]]
         if len(mk) < 3:
             break
         mk, dk, x, cov = _fit_and_assign(ctx, mk, dk)

@@ -162,6 +162,34 @@ def test_a_binned_read_out_identifies_the_cage_and_pairs_no_false_marker(seed):
         assert found >= 0.85 * expected, (v, found, expected)
 
 
+def test_a_harder_beam_with_more_noise_still_identifies_the_lateral_spine_cage():
+    """Spine seed 24 at +15 kV and half the mAs (less contrast, more noise blobs).
+    The first vote's group took one fiducial marker on a noise blob 11 px from its
+    shadow; that lone pair pinned the pose's free direction (one plane of control
+    markers leaves the focus depth to the prior), and view B's 24 detected
+    fiducials fell outside every later gate: 40 of 75 identified, two false
+    markers, retake. A pair now counts only where the other pairs predict its
+    marker (cage_id._confirmed). Measured: 64 of 74, no false marker, pass."""
+    ex0 = simulator.simulate_exam("spine", 24)
+    tech = ex0.truth["technique"]
+    hot = {
+        v: {"kv": tech[v]["kv"] + 15, "ma": tech[v]["ma"] * 0.5, "ms": tech[v]["ms"]} for v in "AB"
+    }
+    ex = simulator.simulate_exam("spine", 24, technique=hot)
+    station, cage = Station.from_dict(ex.station), Cage.from_dict(ex.cage)
+    res = reconstruct(station, cage, {k: f.to_raw_image() for k, f in ex.frames.items()})
+    _j, dist, _ = _matched(ex, res)
+    assert len(dist) >= 10 and np.all(dist < 0.5), f"false markers: {np.count_nonzero(dist >= 0.5)}"
+    out = res.to_dict()
+    assert out["qc"]["verdict"] == "pass"
+    for v in "AB":
+        found, expected = (
+            out["views"][v]["cage_markers_found"],
+            out["views"][v]["cage_markers_expected"],
+        )
+        assert found >= 0.8 * expected, (v, found, expected)
+
+
 # The issue's goals are asserted for every region and cage where they are met on
 # all of seeds 1-6 of `python -m benchmarks.bench_reconstruct accuracy --seeds 1-6`
 # at the simulator's defaults: today the cervical spine with the biplanar cage,
