@@ -529,8 +529,9 @@ def _model_edge(dr, dc, p, jac=True):
 
     ``p`` columns: the eight of :func:`_model`, then E (step height), theta
     (direction of the edge normal), d (edge offset from the window centre
-    along the normal), s_e (edge blur) and kappa (curvature, 1/px); the step
-    joins the background ``H(x)`` of :func:`_model`::
+    along the normal), s_e (edge blur) and, for a curved edge only, kappa
+    (curvature, 1/px; a straight edge has 12 columns and no kappa to fit); the
+    step joins the background ``H(x)`` of :func:`_model`::
 
         H(x) = Br dr + Bc dc + E * Phi(t / s_e),
         t = cos(theta) dr + sin(theta) dc - d + kappa u^2 / 2,
@@ -543,22 +544,37 @@ def _model_edge(dr, dc, p, jac=True):
     the parabola is the osculating circle's second-order approximation.
     """
     f = dr.dtype.type
-    e, th, d, se, kappa = (p[:, i : i + 1].astype(dr.dtype, copy=False) for i in range(8, 13))
-    ct, st = np.cos(th), np.sin(th)
-    across = ct * dr + st * dc
-    along = ct * dc - st * dr
-    t = across - d + f(0.5) * kappa * along * along
+    e, th, d, se = (p[:, i : i + 1].astype(dr.dtype, copy=False) for i in range(8, 12))
+    kappa = p[:, 12:13].astype(dr.dtype, copy=False) if p.shape[1] > 12 else None
+    across, along, t = _edge_coordinates(dr, dc, th, d, kappa)
     v = t / se
     gauss = np.exp(f(-0.5) * v * v)
     cdf = 0.5 * erfc(-v * f(1 / _SQRT2), gauss)
     if not jac:
         return _occluding_disc(dr, dc, p, (e * cdf, None), with_jac=False)
     ep = e * gauss * (f(_INV_SQRT_2PI) / se)
-    je = np.stack(
-        [cdf, ep * along * (1 - kappa * across), -ep, -ep * v, ep * f(0.5) * along * along],
-        axis=1,
-    )
+    if kappa is None:
+        je = np.stack([cdf, ep * along, -ep, -ep * v], axis=1)
+    else:
+        je = np.stack(
+            [cdf, ep * along * (1 - kappa * across), -ep, -ep * v, ep * f(0.5) * along * along],
+            axis=1,
+        )
     return _occluding_disc(dr, dc, p, (e * cdf, je))
+
+
+def _edge_coordinates(dr, dc, th, d, kappa=None):
+    """Coordinates across and along an edge of normal angle ``th`` and the signed
+    distance ``t`` to it, ``across - d + kappa along^2 / 2`` (a parabola; a
+    straight line without ``kappa``), for :func:`_model_edge` and the step's
+    height at a fitted centre."""
+    ct, st = np.cos(th), np.sin(th)
+    across = ct * dr + st * dc
+    along = ct * dc - st * dr
+    t = across - d
+    if kappa is not None:
+        t = t + 0.5 * kappa * along * along
+    return across, along, t
 
 
 # Mean chi-square per pixel outside the disc above which a step edge is tried
@@ -632,9 +648,7 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
     rows = np.arange(len(p))
     height = np.where(var[rows, k] > 0, cov[rows, k] / np.maximum(var[rows, k], 1e-300), 0.0)
     plane = coef_plane[..., 0] - piq[rows, :, k] * height[:, None]
-    pe = np.concatenate(
-        [p, np.stack([height, lines_th[k], lines_d[k], np.ones(len(p)), np.zeros(len(p))], 1)], 1
-    )
+    pe = np.concatenate([p, np.stack([height, lines_th[k], lines_d[k], np.ones(len(p))], 1)], 1)
     # the shadow's level stays where it was; the background is the new one
     pe[:, 4] += p[:, 5] - plane[:, 0]
     pe[:, 5:8] = plane
@@ -643,17 +657,11 @@ def _edge_refit(win, dr, dc, sw, p, h, radius_range, cost_plain):
         win, dr, dc, sw, pe, 40, (r_lo, r_hi, h), model_fn=_model_edge
     )
     accepted = np.isfinite(cost_edge) & (cost_edge < cost_plain - EDGE_MIN_DCHI2)
+    pe = np.concatenate([pe, np.zeros((len(pe), 1))], axis=1)  # kappa 0: straight
     if MAX_EDGE_CURVATURE > 0 and accepted.any():
         a = np.flatnonzero(accepted)
         pc, cost_c = _levenberg_marquardt(
-            win[a],
-            dr[a],
-            dc[a],
-            sw[a],
-            pe[a],
-            40,
-            (r_lo, r_hi, h, MAX_EDGE_CURVATURE),
-            model_fn=_model_edge,
+            win[a], dr[a], dc[a], sw[a], pe[a], 40, (r_lo, r_hi, h), model_fn=_model_edge
         )
         bent = np.isfinite(cost_c) & (cost_c < cost_edge[a] - EDGE_MIN_DCHI2_CURVED)
         pe[a[bent]] = pc[bent]
@@ -700,13 +708,11 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
     Only windows that have not converged are iterated (an active set), so a
     few slow fits do not cost the many fast ones. ``model_fn`` (default
     :func:`_model`) may add parameters after the disc's eight. ``bounds`` is
-    (smallest radius, largest radius, half window[, largest edge curvature,
-    0 when not given: a straight edge]). Returns the parameters and each
-    window's final weighted cost.
+    (smallest radius, largest radius, half window). Returns the parameters and
+    each window's final weighted cost.
     """
     model_fn = _model if model_fn is None else model_fn
-    r_lo, r_hi, h = bounds[:3]
-    k_max = bounds[3] if len(bounds) > 3 else 0.0
+    r_lo, r_hi, h = bounds
     p = p.copy()
     n = len(p)
     lam = np.full(n, 1e-2)
@@ -720,10 +726,6 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
             break
         swa = sw[act]
         jw = jac[act] * swa[:, None, :]
-        if p.shape[1] > 12 and k_max == 0:
-            # a straight edge: the curvature is held at 0, so it takes no part in
-            # the step (a joint step clipped afterwards would stall the others)
-            jw[:, 12] = 0.0
         jtj = jw @ jw.transpose(0, 2, 1)
         jtr = (jw @ res[act][..., None])[..., 0]
         diag = np.einsum("nii->ni", jtj)
@@ -741,7 +743,8 @@ def _levenberg_marquardt(win, dr, dc, sw, p, iterations, bounds, model_fn=None):
         if trial.shape[1] > 8:
             trial[:, 10] = np.clip(trial[:, 10], -3 * h, 3 * h)
             trial[:, 11] = np.clip(trial[:, 11], 0.3, 4.0)
-            trial[:, 12] = np.clip(trial[:, 12], -k_max, k_max)
+        if trial.shape[1] > 12:
+            trial[:, 12] = np.clip(trial[:, 12], -MAX_EDGE_CURVATURE, MAX_EDGE_CURVATURE)
         m_t, j_t = model_fn(dr[act], dc[act], trial)
         res_t = (win[act] - m_t) * swa
         cost_t = (res_t**2).sum(1)
@@ -977,8 +980,7 @@ def fit_markers(
         if not sel.any():
             continue
         fn = _model if k == 8 else _model_edge
-        model[sel], jac = fn(dr[sel], dc[sel], full[sel])
-        jac = jac[:, :k]  # a straight edge's curvature was held at 0, not fitted
+        model[sel], jac = fn(dr[sel], dc[sel], full[sel, :k])
         jw = jac * sw[sel][:, None, :]
         jtj = jw @ jw.transpose(0, 2, 1)
         try:
@@ -1114,9 +1116,7 @@ def refit_on_edges(
     # plane and the step there), as the plain fit's contrast is
     rel = p[:, :2] - np.rint(det.rc[take])
     e, th, d, se, kappa = edge.T
-    ct, st = np.cos(th), np.sin(th)
-    along = ct * rel[:, 1] - st * rel[:, 0]
-    t = ct * rel[:, 0] + st * rel[:, 1] - d + 0.5 * kappa * along**2
+    _, _, t = _edge_coordinates(rel[:, 0], rel[:, 1], th, d, kappa)
     step = e * 0.5 * erfc(-(t / se) / _SQRT2)
     contrast = p[:, 4] - (p[:, 6] * rel[:, 0] + p[:, 7] * rel[:, 1] + step)
     out = det.subset(np.arange(len(det)))
