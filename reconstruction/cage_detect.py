@@ -45,8 +45,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from reconstruction.detect import MarkerScale, _apply_lut, _robust_sigma, subpixel_peaks
-from reconstruction.image import RawImage
+from reconstruction.detect import MarkerScale, _robust_sigma, subpixel_peaks
+from reconstruction.image import RawImage, clear_high_bits, display_values
 
 #: Smallest marker radius kept on the reduced image (px), as the reconstruction's
 #: coarse pass (MarkerScale.factor). At 0.35 px (k = 8 on the simulator's
@@ -108,7 +108,7 @@ def reduced_display_pow2(image: RawImage, k: int) -> np.ndarray:
             cv2.resize(band, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_AREA)
         else:
             out[r0 : r0 + len(band)] = band
-    return _apply_lut(out.astype(np.float32), image)
+    return display_values(out.astype(np.float32), image)
 
 
 def _sparse_nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -274,10 +274,7 @@ def refine_centres(image: RawImage, rc: np.ndarray, scale: MarkerScale) -> np.nd
     foot = np.flatnonzero(disc | ring)
     flat = np.ascontiguousarray(px).reshape(-1)
     win = flat[(ci[idx, 0] * cols + ci[idx, 1])[:, None] + (dr * cols + dc)[foot][None, :]]
-    bits = image.bits_stored
-    if np.issubdtype(win.dtype, np.unsignedinteger) and bits < win.dtype.itemsize * 8:
-        win = win & np.array((1 << bits) - 1, dtype=win.dtype)
-    win = _apply_lut(win.astype(np.float32), image)
+    win = display_values(clear_high_bits(win, image.bits_stored).astype(np.float32), image)
     in_disc = disc[foot]
     bg = win[:, ~in_disc].mean(axis=1)
     wd = win[:, in_disc]

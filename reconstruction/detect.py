@@ -37,7 +37,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from reconstruction.image import RawImage, display_values
+from reconstruction.image import RawImage, clear_high_bits, display_values, to_display
 from reconstruction.lightweight import erfc, median, neighbours_within, pairs_within
 
 _SQRT2 = np.sqrt(2.0)
@@ -137,22 +137,6 @@ class Detections:
 # --------------------------------------------------------------------------- intensity
 
 
-def _masked_pixels(image: RawImage) -> np.ndarray:
-    """Stored values with bits above BitsStored cleared (only when any are set)."""
-    px = image.pixels
-    if np.issubdtype(px.dtype, np.unsignedinteger) and image.bits_stored < px.dtype.itemsize * 8:
-        limit = (1 << image.bits_stored) - 1
-        if int(px.max()) > limit:
-            px = px & np.array(limit, dtype=px.dtype)
-    return px
-
-
-def _apply_lut(values: np.ndarray, image: RawImage) -> np.ndarray:
-    """Modality LUT, logarithm of linear images and photometric inversion on float32
-    values, in place (:func:`reconstruction.image.display_values`)."""
-    return display_values(values, image)
-
-
 def reduced_display(image: RawImage, k: int) -> np.ndarray:
     """Area-averaged image reduced by ``k``, in display values (markers bright), float32.
 
@@ -163,7 +147,7 @@ def reduced_display(image: RawImage, k: int) -> np.ndarray:
     mean, which for the coarse pass's blobs differs from the mean of the logs
     by a fraction of their contrast squared.)
     """
-    px = _masked_pixels(image)
+    px = clear_high_bits(image.pixels, image.bits_stored)
     if px.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
         px = px.astype(np.float32)
     rows, cols = px.shape
@@ -175,13 +159,11 @@ def reduced_display(image: RawImage, k: int) -> np.ndarray:
         )
     else:
         small = px
-    return _apply_lut(small.astype(np.float32, copy=True), image)
+    return display_values(small.astype(np.float32, copy=True), image)
 
 
-def full_display(image: RawImage) -> np.ndarray:
-    """Full-resolution display values (markers bright), float32."""
-    px = _masked_pixels(image)
-    return _apply_lut(px.astype(np.float32, copy=True), image)
+#: Full-resolution display values (markers bright), float32.
+full_display = to_display
 
 
 # --------------------------------------------------------------------------- coarse

@@ -115,6 +115,16 @@ def display_values(values: np.ndarray, image: RawImage) -> np.ndarray:
     return values
 
 
+def clear_high_bits(px: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Stored values with the bits above ``bits_stored`` cleared (a copy only when
+    any is set: most detectors leave them 0)."""
+    if np.issubdtype(px.dtype, np.unsignedinteger) and bits_stored < px.dtype.itemsize * 8:
+        limit = (1 << bits_stored) - 1
+        if px.size and int(px.max()) > limit:
+            px = px & np.array(limit, dtype=px.dtype)
+    return px
+
+
 def to_display(image: RawImage) -> np.ndarray:
     """Return float32 values in which radio-opaque markers are bright.
 
@@ -122,7 +132,5 @@ def to_display(image: RawImage) -> np.ndarray:
     the Modality LUT, the logarithm of a linear image, and the inversion of
     MONOCHROME1, so that a larger value means more attenuation.
     """
-    px = image.pixels
-    if np.issubdtype(px.dtype, np.unsignedinteger) and image.bits_stored < px.dtype.itemsize * 8:
-        px = px & np.array((1 << image.bits_stored) - 1, dtype=px.dtype)
+    px = clear_high_bits(image.pixels, image.bits_stored)
     return display_values(px.astype(np.float32), image)
