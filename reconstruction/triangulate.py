@@ -4,7 +4,7 @@ For two projection lines (focal spot through image point) the shortest
 segment between them is found in closed form (e.g. Hartley & Sturm, "Triangulation",
 CVIU 1997, sec. 5.3, the midpoint method); its length is the crossing-line
 distance of ISO 16087, the station's sync check. The 3D estimate is the point
-on it weighted by the two lines' precision (:func:`crossing_point`; the
+on it weighted by the two lines' precision (:func:`point_between`; the
 midpoint when they are equal or unknown).
 """
 
@@ -76,20 +76,8 @@ def point_between(
 def midpoint(
     view_a: ViewGeometry, rc_a: np.ndarray, view_b: ViewGeometry, rc_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """3D points (n, 3) and crossing distances (n,) in mm for matched image points."""
-    return crossing_point(view_a, rc_a, view_b, rc_b)
-
-
-def crossing_point(
-    view_a: ViewGeometry,
-    rc_a: np.ndarray,
-    view_b: ViewGeometry,
-    rc_b: np.ndarray,
-    sigma_a_mm: np.ndarray | None = None,
-    sigma_b_mm: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """3D points (n, 3) on the common perpendicular of the two projection lines
-    (:func:`point_between`, weighted by the lines' lateral standard errors when
-    given), and its length, the crossing distance (n,), in mm."""
+    """Midpoints (n, 3) of the common perpendicular and its lengths, the crossing
+    distances (n,), in mm, for matched image points (the product weights the
+    point by the lines' precision: :func:`reconstruction.pipeline.triangulate_pairs`)."""
     pa, pb = common_perpendicular(view_a, rc_a, view_b, rc_b)
-    return point_between(pa, pb, sigma_a_mm, sigma_b_mm), np.linalg.norm(pa - pb, axis=-1)
+    return point_between(pa, pb), np.linalg.norm(pa - pb, axis=-1)

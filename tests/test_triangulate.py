@@ -7,7 +7,7 @@ import numpy as np
 from test_calibration import make_station
 
 from reconstruction.pipeline import triangulate_pairs
-from reconstruction.triangulate import crossing_point, midpoint
+from reconstruction.triangulate import common_perpendicular, midpoint, point_between
 
 
 def _trials(sig_a_px: float, sig_b_px: float, n: int = 4000, seed: int = 7):
@@ -64,5 +64,6 @@ def test_unknown_sigmas_give_the_midpoint():
     xyz = np.array([[0.0, 5.0, 100.0], [10.0, -5.0, 80.0]])
     ra, rb = va.project(xyz) + 0.3, vb.project(xyz) - 0.2
     mid, _ = midpoint(va, ra, vb, rb)
-    got, _ = crossing_point(va, ra, vb, rb, np.array([np.nan, np.inf]), np.array([0.01, np.inf]))
+    pa, pb = common_perpendicular(va, ra, vb, rb)
+    got = point_between(pa, pb, np.array([np.nan, np.inf]), np.array([0.01, np.inf]))
     assert np.allclose(got, mid, atol=1e-12)
