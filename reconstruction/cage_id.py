@@ -121,10 +121,15 @@ def _confirmed(lin: _Linear, mk: np.ndarray, sigma: float, limit_px: float) -> n
     own = np.einsum("kai,kaj->kij", j, j)
     cov = np.linalg.inv(info[None] - own)  # (k, 9, 9)
     pc = lin.jac[mk] @ cov @ lin.jac[mk].transpose(0, 2, 1)  # (k, 2, 2), px^2
-    tr = pc[:, 0, 0] + pc[:, 1, 1]
-    det = pc[:, 0, 0] * pc[:, 1, 1] - pc[:, 0, 1] ** 2
-    lmax = 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0))
-    return np.sqrt(lmax) <= limit_px
+    return _largest_axis(pc[:, 0, 0], pc[:, 1, 1], pc[:, 0, 1]) <= limit_px
+
+
+def _largest_axis(g00: np.ndarray, g11: np.ndarray, g01: np.ndarray) -> np.ndarray:
+    """Standard deviation along the largest axis of 2 x 2 covariances (its larger
+    eigenvalue's square root), elementwise."""
+    tr = g00 + g11
+    det = g00 * g11 - g01**2
+    return np.sqrt(0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0)))
 
 
 def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
@@ -133,10 +138,7 @@ def _gate(lin: _Linear, cov: np.ndarray, k: float, floor: float) -> np.ndarray:
     g00 = np.einsum("nk,nk->n", jc[:, 0], lin.jac[:, 0])
     g11 = np.einsum("nk,nk->n", jc[:, 1], lin.jac[:, 1])
     g01 = np.einsum("nk,nk->n", jc[:, 0], lin.jac[:, 1])
-    tr = g00 + g11
-    det = g00 * g11 - g01**2
-    lmax = 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0))
-    return k * np.sqrt(lmax) + floor
+    return k * _largest_axis(g00, g11, g01) + floor
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
