@@ -93,7 +93,9 @@ class Detections:
     noise : ndarray (n,)
         Local noise standard deviation (display units).
     rejected : list of (rc, reason)
-        Candidates that were looked at and refused, for overlays and diagnosis.
+        Candidates that were looked at and refused (where the candidate was),
+        for overlays, diagnosis and the search for beads on metal bands
+        (:mod:`reconstruction.rescue`).
     """
 
     rc: np.ndarray
@@ -126,6 +128,31 @@ class Detections:
             [],
             None if self.model_shift_px is None else self.model_shift_px[idx],
             None if self.blur_sigma_px is None else self.blur_sigma_px[idx],
+        )
+
+    def appended(self, other: Detections) -> Detections:
+        """These detections followed by ``other``'s (indices into these stay valid)."""
+
+        def cat(a, b, n_b):
+            if a is None and b is None:
+                return None
+            a = np.full(len(self), np.nan) if a is None else a
+            b = np.full(n_b, np.nan) if b is None else b
+            return np.concatenate([a, b])
+
+        n = len(other)
+        return Detections(
+            np.concatenate([self.rc, other.rc]),
+            np.concatenate([self.radius_px, other.radius_px]),
+            np.concatenate([self.blur_px, other.blur_px]),
+            np.concatenate([self.contrast, other.contrast]),
+            np.concatenate([self.relative_contrast, other.relative_contrast]),
+            np.concatenate([self.residual, other.residual]),
+            np.concatenate([self.sigma_px, other.sigma_px]),
+            np.concatenate([self.noise, other.noise]),
+            list(self.rejected),
+            cat(self.model_shift_px, other.model_shift_px, n),
+            cat(self.blur_sigma_px, other.blur_sigma_px, n),
         )
 
     @classmethod
@@ -1158,7 +1185,7 @@ def detect_markers(
     if display is None:
         display = full_display(image)
     fit = fit_markers(display, cand, scale, screen_snr=0.5 * min_snr)
-    det = _select(fit, display.shape, scale, min_snr, max_chi)
+    det = _select(fit, display.shape, scale, min_snr, max_chi, starts=cand)
     b = noise_correlation(display)
     if b > 0.45:  # neighbours correlated by more than ~0.3: white noise no longer describes it
         det.sigma_px = correlated_sigma(det, b, int(np.ceil(scale.r_max + 2)))
@@ -1199,7 +1226,10 @@ def noise_bound(det: Detections) -> np.ndarray:
     return np.sqrt(np.maximum(det.sigma_px**2 - extra**2, 0.0))
 
 
-def _select(fit: MarkerFit, shape, scale, min_snr, max_chi) -> Detections:
+def _select(fit: MarkerFit, shape, scale, min_snr, max_chi, starts=None) -> Detections:
+    """The fits that are markers; the others listed as rejected with their reason,
+    at their candidate's position (``starts``, where given: a fit that ran onto
+    a structure ends far from what it was started on) or else the fitted one."""
     params, cov, chi, noise, rms_in, shift = (
         fit.params,
         fit.cov_diag,
@@ -1267,8 +1297,9 @@ def _select(fit: MarkerFit, shape, scale, min_snr, max_chi) -> Detections:
         model_shift_px=shift[ok].copy(),
         blur_sigma_px=np.sqrt(np.maximum(cov[ok, 3], 0.0)),
     )
+    where = params[:, :2] if starts is None else np.asarray(starts, float)
     det.rejected = [
-        (params[i, :2].copy(), str(reason[i]))
+        (where[i].copy(), str(reason[i]))
         for i in np.flatnonzero(~ok)
         if reason[i] not in ("duplicate", "fit failed", "not significant")
     ]

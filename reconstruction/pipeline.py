@@ -10,7 +10,7 @@ near a cage marker's shadow, are matched across the views
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from reconstruction.geometry import VIEW_NAMES, Cage, Station, ViewGeometry
 from reconstruction.image import RawImage
 from reconstruction.lightweight import linear_sum_assignment, neighbours_within
 from reconstruction.qc import DEFAULT_LIMITS, QCCheck, QCLimits, at_least, at_most, verdict
+from reconstruction.rescue import as_detections, fit_partners
 from reconstruction.stereo import Matching, epipolar_distances, fundamental_matrix, match
 from reconstruction.triangulate import common_perpendicular, midpoint, point_between
 
@@ -154,6 +155,12 @@ class ViewResult:
     # expected markers too faint for the search, seen where the calibrated
     # geometry puts them (reconstruction.confirm): found, but not measured
     confirmed_marker_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    # what the search for beads on metal bands needs (reconstruction.rescue):
+    # the display image (dropped once the markers are made) and the beads'
+    # expected shadow radii in this view
+    display: np.ndarray | None = field(default=None, repr=False, compare=False)
+    bead_scale: MarkerScale | None = None
+    cage_shadow_px: np.ndarray | None = None  # per cage marker, NaN where none
 
     @property
     def n_expected(self) -> int:
@@ -295,6 +302,52 @@ def epipolar_calibration_sigma(
     return np.sqrt(var)
 
 
+def cage_shadow_radii(geometry: ViewGeometry, cage: Cage, pred: np.ndarray) -> np.ndarray:
+    """Each cage marker's shadow radius (px) in this view; NaN where it casts none."""
+    shadow_ok = casts_shadow(geometry, cage.xyz_mm) & np.all(np.isfinite(pred), axis=1)
+    r = shadow_radii_px(geometry, cage.xyz_mm, cage_diameters(cage))
+    return np.where(shadow_ok, r, np.nan)
+
+
+def touches_cage_shadow(
+    rc: np.ndarray, radius_px: np.ndarray, blur_px: np.ndarray, pred: np.ndarray, r_cage: np.ndarray
+) -> np.ndarray:
+    """Whether each disc touches a cage marker's shadow (``pred`` its centres,
+    ``r_cage`` its radii, NaN for none): a bead over one is biased."""
+    ok = np.isfinite(r_cage)
+    d = np.linalg.norm(rc[:, None, :] - pred[ok][None, :, :], axis=2)
+    return (d < r_cage[ok][None, :] + radius_px[:, None] + 2 * blur_px[:, None] + 1).any(axis=1)
+
+
+def bead_radius_range(geometry: ViewGeometry, xyz_shadow: np.ndarray) -> tuple[float, float]:
+    """Shadow radii (px) of the smallest and largest bead inside the cage, whose
+    markers casting a shadow in this view are ``xyz_shadow`` (the patient lies
+    between them, so their magnifications bound the beads')."""
+    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
+    mag = magnification(geometry, xyz_shadow) if len(xyz_shadow) else np.ones(1)
+    return (
+        0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp,
+        0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp,
+    )
+
+
+def bead_blur_range(cage_blur_px: np.ndarray) -> tuple[float, float]:
+    """Blur (px) a bead may have, from the identified cage markers' blurs.
+
+    Patient beads are imaged with the same blur as the cage markers (the focal
+    spot's penumbra grows with magnification, hence the wide band). The
+    fiducial markers lie next to the detector: their blur is the detector's
+    plus the least penumbra, and a bead, further from the detector, is never
+    sharper. Below 0.8 of the sharpest cage markers' (10th percentile, fit
+    noise aside) a blob is noise or texture: on 36 simulated exams every true
+    bead was >= 0.91 of it, the two blobs of a chance pairing 0.59 and 0.71
+    (upper/uniplanar seed 4).
+    """
+    s_ref = float(np.median(cage_blur_px))
+    s_min = float(np.percentile(cage_blur_px, 10))
+    return max(0.5 * s_ref, 0.8 * s_min), 2.0 * s_ref + 0.5
+
+
 def patient_rules(
     det: Detections, geometry: ViewGeometry, cage: Cage, cage_det_idx: np.ndarray, pred: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -304,38 +357,24 @@ def patient_rules(
     """
     xyz = cage.xyz_mm
     n = len(det)
-    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
     rules: dict[str, np.ndarray] = {}
     # not a cage marker, not touching any cage marker's shadow (a bead over one is biased)
     is_cage = np.zeros(n, bool)
     is_cage[cage_det_idx] = True
     rules["cage marker"] = ~is_cage
     shadow_ok = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
-    touching = np.zeros(n, bool)
-    if shadow_ok.any() and n:
-        r_cage = shadow_radii_px(geometry, xyz, cage_diameters(cage))[shadow_ok]
-        d = np.linalg.norm(det.rc[:, None, :] - pred[shadow_ok][None, :, :], axis=2)
-        touching = (
-            d < (r_cage[None, :] + det.radius_px[:, None] + 2 * det.blur_px[:, None] + 1)
-        ).any(axis=1)
+    touching = touches_cage_shadow(
+        det.rc, det.radius_px, det.blur_px, pred, cage_shadow_radii(geometry, cage, pred)
+    )
     rules["touches a cage marker's shadow"] = ~touching
     # Patient beads are spheres of known range of sizes, imaged with the same
-    # blur as the cage markers (the focal spot's penumbra grows with
-    # magnification, hence the wide band): blobs of texture or noise rarely
-    # have both the size and the sharpness of one.
+    # blur as the cage markers (:func:`bead_blur_range`): blobs of texture or
+    # noise rarely have both the size and the sharpness of one.
     blur_ok = np.ones(n, bool)
     size_ok = np.ones(n, bool)
     if len(cage_det_idx) >= 3 and n:
-        s_ref = float(np.median(det.blur_px[cage_det_idx]))
-        mag = magnification(geometry, xyz[shadow_ok]) if shadow_ok.any() else np.ones(1)
-        r_lo = 0.5 * BEAD_DIAMETERS_MM[0] * float(mag.min()) / sp
-        r_hi = 0.5 * BEAD_DIAMETERS_MM[1] * float(mag.max()) / sp
-        # The fiducial markers lie next to the detector: their blur is the
-        # detector's plus the least penumbra, and a bead, further from the
-        # detector, is never sharper. Below 0.8 of the sharpest cage markers'
-        # (10th percentile, fit noise aside) a blob is noise or texture: on 36
-        # simulated exams every true bead was >= 0.91 of it, the two blobs of a
-        # chance pairing 0.59 and 0.71 (upper/uniplanar seed 4).
+        r_lo, r_hi = bead_radius_range(geometry, xyz[shadow_ok])
+        blur_lo, blur_hi = bead_blur_range(det.blur_px[cage_det_idx])
         s_min = float(np.percentile(det.blur_px[cage_det_idx], 10))
         # Within the blur's own standard error, up to a tenth of s_min: a 0.5 mm
         # bead's shadow, under 2 px in radius, trades blur for radius in the fit
@@ -347,9 +386,7 @@ def patient_rules(
         s_err = np.zeros(n)
         if det.blur_sigma_px is not None:
             s_err = np.minimum(np.nan_to_num(det.blur_sigma_px, nan=0.0), 0.1 * s_min)
-        blur_ok = (det.blur_px + s_err >= max(0.5 * s_ref, 0.8 * s_min)) & (
-            det.blur_px - s_err <= 2.0 * s_ref + 0.5
-        )
+        blur_ok = (det.blur_px + s_err >= blur_lo) & (det.blur_px - s_err <= blur_hi)
         size_ok = (det.radius_px >= 0.7 * r_lo) & (det.radius_px <= 1.3 * r_hi)
     rules["blur unlike the cage markers'"] = blur_ok
     rules["not a bead's size"] = size_ok
@@ -361,6 +398,7 @@ def patient_rules(
     # 3D and widens the epipolar gate enough to pair with texture: not reported
     # (the noise's bound: a bead on an implant border keeps its place, with the
     # model uncertainty in its sigma widening its matching gate)
+    sp = float(np.mean(geometry.detector.pixel_spacing_mm))
     rules["centre bound > MAX_BEAD_SIGMA_MM"] = noise_bound(det) * sp <= MAX_BEAD_SIGMA_MM
     return rules
 
@@ -451,10 +489,20 @@ def analyse_view(
         marker_residual_px=residual,
         pose_model=model,
         confirmed_marker_idx=confirmed,
+        display=display if include_beads else None,
+        bead_scale=_bead_scale(geometry, xyz, pred) if include_beads else None,
+        cage_shadow_px=cage_shadow_radii(geometry, cage, pred),
         theta_cov=None
         if cal is None
         else pose_covariance(model, cal.theta, xyz[mk], det.rc[dk], det.sigma_px[dk]),
     )
+
+
+def _bead_scale(geometry: ViewGeometry, xyz: np.ndarray, pred: np.ndarray) -> MarkerScale:
+    """The beads' own shadow radii in this view, with the room :func:`patient_rules` allows."""
+    shadow = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
+    r_lo, r_hi = bead_radius_range(geometry, xyz[shadow])
+    return MarkerScale(0.7 * r_lo, 1.3 * r_hi)
 
 
 def _analyse_views(
@@ -479,6 +527,34 @@ def lateral_sigma_mm(view: ViewGeometry, sigma_px: np.ndarray, xyz: np.ndarray) 
     """
     sp = float(np.mean(view.detector.pixel_spacing_mm))
     return sigma_px * sp / magnification(view, xyz)
+
+
+def same_bead_size(
+    geom_a: ViewGeometry,
+    rc_a: np.ndarray,
+    radius_a_px: np.ndarray,
+    geom_b: ViewGeometry,
+    rc_b: np.ndarray,
+    radius_b_px: np.ndarray,
+) -> np.ndarray:
+    """Whether paired shadows (n each) can be one bead: one sphere has one
+    diameter, so its two shadows, each divided by its magnification at the
+    triangulated point, must agree, and be a bead's diameter (within the fit's
+    size error)."""
+    xyz, _ = midpoint(geom_a, rc_a, geom_b, rc_b)
+    d_a = bead_diameter_mm(geom_a, xyz, radius_a_px)
+    d_b = bead_diameter_mm(geom_b, xyz, radius_b_px)
+    lo, hi = 0.8 * BEAD_DIAMETERS_MM[0], 1.25 * BEAD_DIAMETERS_MM[1]
+    sized = (d_a >= lo) & (d_a <= hi) & (d_b >= lo) & (d_b <= hi)
+    return (np.abs(d_a - d_b) <= 0.3 * np.maximum(d_a, d_b) + 0.05) & sized
+
+
+def snr_allowed(snr_a: np.ndarray, snr_b: np.ndarray) -> np.ndarray:
+    """One opaque sphere is a strong shadow in both views or in neither: a crisp
+    bead in one view does not pair with a barely significant blob (its true
+    shadow hidden by metal) in the other (arrays broadcast)."""
+    ratio = np.maximum(snr_a / snr_b, snr_b / snr_a)
+    return (ratio <= MAX_SNR_RATIO) | (np.minimum(snr_a, snr_b) >= SURE_BEAD_SNR)
 
 
 def triangulate_pairs(
@@ -509,6 +585,110 @@ def triangulate_pairs(
     )
 
 
+# refusals under which a bead may lie on a metal band (reconstruction.rescue)
+_BAND_REFUSALS = ("implausible size or blur", "not a single disc (merged, edge or texture)")
+
+
+def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None:
+    """Look for the other shadow of each clear, unpartnered bead on a metal band
+    (:mod:`reconstruction.rescue`) and add those found to the views'
+    detections and patient candidates and to ``matching.pairs``.
+
+    A partner counts only if it is the only accepted fit on the clear bead's
+    epipolar line, lies within the matching gate (its sigma carrying the band
+    model's share), is within the gate of no other candidate of the clear
+    bead's view, has the clear bead's diameter, passes the SNR-ratio rule and
+    touches no cage marker's shadow.
+    """
+    f_ab = fundamental_matrix(
+        views["A"].geometry.projection_matrix(), views["B"].geometry.projection_matrix()
+    )
+    for x, y in (("A", "B"), ("B", "A")):
+        vx, vy = views[x], views[y]
+        if vy.display is None or vy.bead_scale is None or len(vy.found_det_idx) < 3:
+            continue
+        cx = 0 if x == "A" else 1
+        ix, dx, dy = vx.patient_idx, vx.detections, vy.detections
+        taken = np.zeros(len(ix), bool)
+        for arr in (matching.pairs, matching.unreliable):
+            taken[arr[:, cx]] = True
+        for v, k, _ in matching.ambiguous:
+            if v == x:
+                taken[k] = True
+        snr_x = _snr(dx)[ix]
+        clear = np.flatnonzero(~taken & (snr_x >= SURE_BEAD_SNR))
+        starts = np.array([rc for rc, why in dy.rejected if why in _BAND_REFUSALS])
+        if len(clear) == 0 or len(starts) == 0:
+            continue
+        f = f_ab if x == "A" else f_ab.T  # x_y^T f x_x = 0
+        lines = np.c_[dx.rc[ix[clear]], np.ones(len(clear))] @ f.T
+        lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True)
+        blur = bead_blur_range(dy.blur_px[vy.found_det_idx])
+        found = fit_partners(vy.display, vy.bead_scale, starts, lines, dy.rc, blur, MIN_BEAD_SNR)
+        # each fit within the gate of exactly one of view x's candidates, which
+        # is the clear bead whose line it was found on; one such fit per line
+        gated = []
+        for p in found:
+            k = clear[p.line]
+            rc_y = p.fit.rc
+            if x == "A":
+                d_y, d_x = epipolar_distances(f_ab, dx.rc[ix], rc_y[None])
+                cal = epipolar_calibration_sigma(views["A"], views["B"], dx.rc[ix], rc_y[None])
+            else:
+                d_x, d_y = (d.T for d in epipolar_distances(f_ab, rc_y[None], dx.rc[ix]))
+                cal = epipolar_calibration_sigma(views["A"], views["B"], rc_y[None], dx.rc[ix]).T
+            sym = np.sqrt(0.5 * (d_x[:, 0] ** 2 + d_y[:, 0] ** 2))
+            gate = EPIPOLAR_GATE_SIGMA * np.sqrt(
+                dx.sigma_px[ix] ** 2 + p.sigma_px**2 + cal[:, 0] ** 2
+            )
+            within = sym <= gate
+            if within[k] and within.sum() == 1:
+                gated.append(p)
+        new = []
+        for p in gated:
+            rivals = [q for q in gated if q.line == p.line and q is not p]
+            if any(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in rivals):
+                continue  # two beads on the line: not guessed
+            if any(q.fit.chi < p.fit.chi for q in rivals):
+                continue  # two starts, one bead: the better fit
+            k = clear[p.line]
+            rc_x, rc_y = dx.rc[ix[k]], p.fit.rc
+            rc_a, rc_b = (rc_x, rc_y) if x == "A" else (rc_y, rc_x)
+            geo = (vx.geometry, vy.geometry) if x == "A" else (vy.geometry, vx.geometry)
+            rad_x, rad_y = dx.radius_px[ix[k]], p.fit.radius
+            rads = (rad_x, rad_y) if x == "A" else (rad_y, rad_x)
+            if not same_bead_size(
+                geo[0], rc_a[None], np.array([rads[0]]), geo[1], rc_b[None], np.array([rads[1]])
+            )[0]:
+                continue
+            snr_p = p.fit.contrast / p.fit.noise * np.sqrt(np.pi) * max(p.fit.radius, p.fit.blur)
+            if not snr_allowed(snr_x[k], snr_p):
+                continue
+            if (
+                vy.cage_shadow_px is not None
+                and touches_cage_shadow(
+                    rc_y[None],
+                    np.array([p.fit.radius]),
+                    np.array([p.fit.blur]),
+                    vy.predicted_rc,
+                    vy.cage_shadow_px,
+                )[0]
+            ):
+                continue
+            new.append((k, p))
+        if not new:
+            continue
+        rows = as_detections([p for _, p in new])
+        first = len(dy)
+        iy = np.concatenate([vy.patient_idx, first + np.arange(len(new))])
+        views[y] = replace(vy, detections=dy.appended(rows), patient_idx=iy)
+        k_y = len(vy.patient_idx) + np.arange(len(new))
+        k_x = np.array([k for k, _ in new])
+        add = np.c_[k_x, k_y] if x == "A" else np.c_[k_y, k_x]
+        matching.pairs = np.concatenate([matching.pairs.reshape(-1, 2), add]).astype(int)
+        matching.pad(len(views["A"].patient_idx), len(views["B"].patient_idx))
+
+
 def stereo_markers(
     views: dict[str, ViewResult], crossing_limit_mm: float = DEFAULT_LIMITS.crossing_error
 ) -> tuple[list[Marker], list[dict], Matching | None]:
@@ -534,29 +714,15 @@ def stereo_markers(
         da, db = va.detections, vb.detections
         # the epipolar error of the two calibrated geometries, per pair
         cal_px = epipolar_calibration_sigma(va, vb, da.rc[ia], db.rc[ib])
-        # one sphere has one diameter: its two shadows, each divided by its
-        # magnification at the triangulated point, must agree
-        xyz_all, _ = midpoint(
+        same = same_bead_size(
             va.geometry,
             np.repeat(da.rc[ia], len(ib), axis=0),
+            np.repeat(da.radius_px[ia], len(ib)),
             vb.geometry,
             np.tile(db.rc[ib], (len(ia), 1)),
-        )
-        d_a = bead_diameter_mm(va.geometry, xyz_all, np.repeat(da.radius_px[ia], len(ib)))
-        d_b = bead_diameter_mm(vb.geometry, xyz_all, np.tile(db.radius_px[ib], len(ia)))
-        # ... and be a bead's diameter (within the fit's size error)
-        lo, hi = 0.8 * BEAD_DIAMETERS_MM[0], 1.25 * BEAD_DIAMETERS_MM[1]
-        sized = (d_a >= lo) & (d_a <= hi) & (d_b >= lo) & (d_b <= hi)
-        same = (np.abs(d_a - d_b) <= 0.3 * np.maximum(d_a, d_b) + 0.05) & sized
-        same = same.reshape(len(ia), len(ib))
-        # one opaque sphere is a strong shadow in both views or in neither: a
-        # crisp bead in one view does not pair with a barely significant blob
-        # (its true shadow hidden by metal) in the other
-        snr_a = _snr(da)[ia]
-        snr_b = _snr(db)[ib]
-        ratio = np.maximum(snr_a[:, None] / snr_b[None, :], snr_b[None, :] / snr_a[:, None])
-        weaker = np.minimum(snr_a[:, None], snr_b[None, :])
-        allowed = (ratio <= MAX_SNR_RATIO) | (weaker >= SURE_BEAD_SNR)
+            np.tile(db.radius_px[ib], len(ia)),
+        ).reshape(len(ia), len(ib))
+        allowed = snr_allowed(_snr(da)[ia][:, None], _snr(db)[ib][None, :])
         matching = match(
             va.geometry,
             da.rc[ia],
@@ -569,6 +735,12 @@ def stereo_markers(
             compatible=same,
             allowed=allowed,
         )
+        if matching.shift_px == 0.0:
+            # (not for a patient who moved: the lines are not where the beads are)
+            _partners_on_bands(views, matching)
+            va, vb = views["A"], views["B"]
+            da, db = va.detections, vb.detections
+            ia, ib = va.patient_idx, vb.patient_idx
         if len(matching.pairs):
             pa = ia[matching.pairs[:, 0]]
             pb = ib[matching.pairs[:, 1]]
@@ -628,6 +800,8 @@ def reconstruct(
         raise InputError(f"images: missing view(s) {', '.join(missing)}")
     views = _analyse_views(station, cage, images)
     markers, ambiguous, matching = stereo_markers(views, limits.crossing_error)
+    # the display images are not part of the result (20 MB each)
+    views = {k: replace(v, display=None) for k, v in views.items()}
     checks = qc_checks(views, markers, limits)
     return ReconstructionResult(views, markers, ambiguous, checks, matching)
 

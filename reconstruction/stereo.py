@@ -105,6 +105,17 @@ class Matching:
     edges: np.ndarray | None = None
     unreliable: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), int))
 
+    def pad(self, n_a: int, n_b: int) -> None:
+        """Grow the (nA, nB) diagnosis arrays to more candidates (not candidates
+        of one another: no edge, NaN distance and gate)."""
+        for name, fill in (("gate_px", np.nan), ("distance_px", np.nan), ("edges", False)):
+            arr = getattr(self, name)
+            if arr is None or np.ndim(arr) != 2:
+                continue
+            grown = np.full((n_a, n_b), fill, dtype=arr.dtype)
+            grown[: arr.shape[0], : arr.shape[1]] = arr
+            setattr(self, name, grown)
+
 
 #: Least chi-square by which every rival of a pair in a group of beads sharing
 #: candidates must be worse for the pair to be kept (:func:`_weigh`). Two beads
