@@ -168,7 +168,7 @@ class _Undetected:
 def why_missed(ex, res, station, cage, images) -> list[str]:
     """One line per bead visible in both views and not reported: why."""
     from reconstruction.pipeline import _snr, patient_rules
-    from reconstruction.stereo import _physical
+    from reconstruction.stereo import rays_meet
 
     beads = ex.truth["beads"]
     xyz = np.array([b["xyz_mm"] for b in beads])
@@ -257,7 +257,7 @@ def why_missed(ex, res, station, cage, images) -> list[str]:
             elif not m.edges[ka, kb]:
                 da, db = res.views["A"].detections, res.views["B"].detections
                 ia, ib = res.views["A"].patient_idx[ka], res.views["B"].patient_idx[kb]
-                phys = _physical(
+                phys = rays_meet(
                     res.views["A"].geometry,
                     da.rc[ia : ia + 1],
                     res.views["B"].geometry,

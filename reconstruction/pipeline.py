@@ -31,7 +31,13 @@ from reconstruction.image import RawImage
 from reconstruction.lightweight import linear_sum_assignment, neighbours_within
 from reconstruction.qc import DEFAULT_LIMITS, QCCheck, QCLimits, at_least, at_most, verdict
 from reconstruction.rescue import as_detections, fit_partners
-from reconstruction.stereo import Matching, epipolar_distances, fundamental_matrix, match
+from reconstruction.stereo import (
+    Matching,
+    epipolar_distances,
+    fundamental_matrix,
+    match,
+    rays_meet,
+)
 from reconstruction.triangulate import common_perpendicular, midpoint, point_between
 
 #: Diameters of the patient's tantalum markers that detection is sized for (mm):
@@ -594,11 +600,12 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
     (:mod:`reconstruction.rescue`) and add those found to the views'
     detections and patient candidates and to ``matching.pairs``.
 
-    A partner counts only if it is the only accepted fit on the clear bead's
-    epipolar line, lies within the matching gate (its sigma carrying the band
-    model's share), is within the gate of no other candidate of the clear
-    bead's view, has the clear bead's diameter, passes the SNR-ratio rule and
-    touches no cage marker's shadow.
+    A partner counts only if it lies within the matching gate (its sigma
+    carrying the band model's share) of the clear bead and of no other
+    candidate of that view, is the only such fit on the clear bead's line,
+    meets the noise bound of a patient candidate, and with the clear bead has
+    rays that meet, one diameter and the SNR-ratio rule, and touches no cage
+    marker's shadow.
     """
     f_ab = fundamental_matrix(
         views["A"].geometry.projection_matrix(), views["B"].geometry.projection_matrix()
@@ -645,12 +652,17 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
             if within[k] and within.sum() == 1:
                 gated.append(p)
         new = []
+        sp = float(np.mean(vy.geometry.detector.pixel_spacing_mm))
         for p in gated:
-            rivals = [q for q in gated if q.line == p.line and q is not p]
-            if any(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in rivals):
+            on_line = [q for q in gated if q.line == p.line]
+            if any(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in on_line):
                 continue  # two beads on the line: not guessed
-            if any(q.fit.chi < p.fit.chi for q in rivals):
-                continue  # two starts, one bead: the better fit
+            if min(on_line, key=lambda q: q.fit.chi) is not p:
+                continue  # two starts, one bead: the better fit (the first of equals)
+            # the rules a detection meets as a patient candidate: its noise's
+            # bound (the model's share aside, as for edge fits) ...
+            if p.fit.sigma * sp > MAX_BEAD_SIGMA_MM:
+                continue
             k = clear[p.line]
             rc_x, rc_y = dx.rc[ix[k]], p.fit.rc
             rc_a, rc_b = (rc_x, rc_y) if x == "A" else (rc_y, rc_x)
@@ -661,8 +673,11 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
                 geo[0], rc_a[None], np.array([rads[0]]), geo[1], rc_b[None], np.array([rads[1]])
             )[0]:
                 continue
-            snr_p = p.fit.contrast / p.fit.noise * np.sqrt(np.pi) * max(p.fit.radius, p.fit.blur)
-            if not snr_allowed(snr_x[k], snr_p):
+            # ... and as a pair: rays meeting in front of both detectors, one
+            # diameter, the SNR-ratio rule, off the cage markers' shadows
+            if not rays_meet(geo[0], rc_a[None], geo[1], rc_b[None])[0, 0]:
+                continue
+            if not snr_allowed(snr_x[k], p.fit.snr):
                 continue
             if (
                 vy.cage_shadow_px is not None
@@ -695,6 +710,10 @@ def stereo_markers(
     """Match the two views' patient candidates and triangulate them: the markers,
     the contract's ``ambiguous`` entries and the matching (None when a view is
     not calibrated).
+
+    Partners found over metal bands (:func:`_partners_on_bands`) are added to
+    the views: ``views`` then holds ViewResults with those detections
+    appended (the ones passed in are not changed).
 
     A matched pair whose centres are so uncertain that its crossing distance
     could reach ``crossing_limit_mm`` within the matching gate

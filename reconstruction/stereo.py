@@ -63,7 +63,7 @@ def epipolar_distances(
     return d_b, d_a
 
 
-def _physical(view_a: ViewGeometry, rc_a, view_b: ViewGeometry, rc_b) -> np.ndarray:
+def rays_meet(view_a: ViewGeometry, rc_a, view_b: ViewGeometry, rc_b) -> np.ndarray:
     """(nA, nB) True where the two rays meet between each focal spot and its detector."""
     fa, da = view_a.ray_through(rc_a)
     fb, db = view_b.ray_through(rc_b)
@@ -291,7 +291,7 @@ def match(
     sym = np.sqrt(0.5 * (d_a**2 + d_b**2))
     sig = np.sqrt(sigma_a[:, None] ** 2 + sigma_b[None, :] ** 2 + calibration_px**2)
     gate = k_sigma * sig
-    phys = _physical(view_a, rc_a, view_b, rc_b)
+    phys = rays_meet(view_a, rc_a, view_b, rc_b)
     if allowed is not None:
         phys &= allowed
     # size agreement is required of the pairs that vote for a motion (many
