@@ -595,17 +595,51 @@ def triangulate_pairs(
 _BAND_REFUSALS = ("implausible size or blur", "not a single disc (merged, edge or texture)")
 
 
+def _pair_rules(vx: ViewResult, vy: ViewResult, x: str, k: int, p, snr_k: float) -> bool:
+    """The rules of a pair for clear bead ``k`` of view ``x`` and band fit
+    ``p`` in view ``vy``: rays meeting in front of both detectors, one
+    diameter, the SNR-ratio rule."""
+    rc_x, rc_y = vx.detections.rc[vx.patient_idx[k]], p.fit.rc
+    rad_x = vx.detections.radius_px[vx.patient_idx[k]]
+    if x == "A":
+        geo_a, rc_a, rad_a, geo_b, rc_b, rad_b = (
+            vx.geometry,
+            rc_x,
+            rad_x,
+            vy.geometry,
+            rc_y,
+            p.fit.radius,
+        )
+    else:
+        geo_a, rc_a, rad_a, geo_b, rc_b, rad_b = (
+            vy.geometry,
+            rc_y,
+            p.fit.radius,
+            vx.geometry,
+            rc_x,
+            rad_x,
+        )
+    return bool(
+        rays_meet(geo_a, rc_a[None], geo_b, rc_b[None])[0, 0]
+        and same_bead_size(
+            geo_a, rc_a[None], np.array([rad_a]), geo_b, rc_b[None], np.array([rad_b])
+        )[0]
+        and snr_allowed(snr_k, p.fit.snr)
+    )
+
+
 def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None:
     """Look for the other shadow of each clear, unpartnered bead on a metal band
     (:mod:`reconstruction.rescue`) and add those found to the views'
     detections and patient candidates and to ``matching.pairs``.
 
-    A partner counts only if it lies within the matching gate (its sigma
-    carrying the band model's share) of the clear bead and of no other
-    candidate of that view, is the only such fit on the clear bead's line,
-    meets the noise bound of a patient candidate, and with the clear bead has
-    rays that meet, one diameter and the SNR-ratio rule, and touches no cage
-    marker's shadow.
+    A fit may be a clear bead's partner if it meets the noise bound of a
+    patient candidate, touches no cage marker's shadow, lies within the
+    matching gate of the bead (its sigma carrying the band model's share) and
+    with it has rays that meet, one diameter and the SNR-ratio rule. It is
+    paired if it is the bead's only such fit, may be no other bead's and lies
+    within the gate of no other candidate of the bead's view; a bead with such
+    fits that is not paired goes to ``matching.ambiguous``.
     """
     f_ab = fundamental_matrix(
         views["A"].geometry.projection_matrix(), views["B"].geometry.projection_matrix()
@@ -632,12 +666,33 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
         lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True)
         blur = bead_blur_range(dy.blur_px[vy.found_det_idx])
         found = fit_partners(vy.display, vy.bead_scale, starts, lines, dy.rc, blur, MIN_BEAD_SNR)
-        # each fit within the gate of exactly one of view x's candidates, which
-        # is the clear bead whose line it was found on; one such fit per line
-        gated = []
-        for p in found:
-            k = clear[p.line]
+        # one bead per place: fits of several starts within a pixel are one
+        # (the best kept, the first of equals)
+        fits: list = []
+        for p in sorted(found, key=lambda q: q.fit.chi):
+            if all(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in fits):
+                fits.append(p)
+        sp = float(np.mean(vy.geometry.detector.pixel_spacing_mm))
+        # valid[f, j]: fit f could be clear bead j's other shadow
+        valid = np.zeros((len(fits), len(clear)), bool)
+        shared = np.zeros(len(fits), bool)
+        for f, p in enumerate(fits):
             rc_y = p.fit.rc
+            # the rules a detection meets as a patient candidate: its noise's
+            # bound (the model's share aside, as for edge fits), off the cage
+            # markers' shadows
+            if p.fit.sigma * sp > MAX_BEAD_SIGMA_MM or (
+                vy.cage_shadow_px is not None
+                and touches_cage_shadow(
+                    rc_y[None],
+                    np.array([p.fit.radius]),
+                    np.array([p.fit.blur]),
+                    vy.predicted_rc,
+                    vy.cage_shadow_px,
+                )[0]
+            ):
+                continue
+            # within the gate of which of view x's candidates
             if x == "A":
                 d_y, d_x = epipolar_distances(f_ab, dx.rc[ix], rc_y[None])
                 cal = epipolar_calibration_sigma(views["A"], views["B"], dx.rc[ix], rc_y[None])
@@ -649,48 +704,23 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
                 dx.sigma_px[ix] ** 2 + p.sigma_px**2 + cal[:, 0] ** 2
             )
             within = sym <= gate
-            if within[k] and within.sum() == 1:
-                gated.append(p)
+            for j, k in enumerate(clear):
+                if within[k]:
+                    valid[f, j] = _pair_rules(vx, vy, x, k, p, snr_x[k])
+            # (a bead already matched, or unsure, within its gate too)
+            shared[f] = within.sum() > 1
         new = []
-        sp = float(np.mean(vy.geometry.detector.pixel_spacing_mm))
-        for p in gated:
-            on_line = [q for q in gated if q.line == p.line]
-            if any(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in on_line):
-                continue  # two beads on the line: not guessed
-            if min(on_line, key=lambda q: q.fit.chi) is not p:
-                continue  # two starts, one bead: the better fit (the first of equals)
-            # the rules a detection meets as a patient candidate: its noise's
-            # bound (the model's share aside, as for edge fits) ...
-            if p.fit.sigma * sp > MAX_BEAD_SIGMA_MM:
+        for j, k in enumerate(clear):
+            cands = np.flatnonzero(valid[:, j])
+            if len(cands) == 0:
                 continue
-            k = clear[p.line]
-            rc_x, rc_y = dx.rc[ix[k]], p.fit.rc
-            rc_a, rc_b = (rc_x, rc_y) if x == "A" else (rc_y, rc_x)
-            geo = (vx.geometry, vy.geometry) if x == "A" else (vy.geometry, vx.geometry)
-            rad_x, rad_y = dx.radius_px[ix[k]], p.fit.radius
-            rads = (rad_x, rad_y) if x == "A" else (rad_y, rad_x)
-            if not same_bead_size(
-                geo[0], rc_a[None], np.array([rads[0]]), geo[1], rc_b[None], np.array([rads[1]])
-            )[0]:
-                continue
-            # ... and as a pair: rays meeting in front of both detectors, one
-            # diameter, the SNR-ratio rule, off the cage markers' shadows
-            if not rays_meet(geo[0], rc_a[None], geo[1], rc_b[None])[0, 0]:
-                continue
-            if not snr_allowed(snr_x[k], p.fit.snr):
-                continue
-            if (
-                vy.cage_shadow_px is not None
-                and touches_cage_shadow(
-                    rc_y[None],
-                    np.array([p.fit.radius]),
-                    np.array([p.fit.blur]),
-                    vy.predicted_rc,
-                    vy.cage_shadow_px,
-                )[0]
-            ):
-                continue
-            new.append((k, p))
+            f = cands[0]
+            if len(cands) == 1 and valid[f].sum() == 1 and not shared[f]:
+                new.append((k, fits[f]))
+            else:
+                # not guessed: reported, as the contract says of beads that
+                # cannot be matched without ambiguity
+                matching.ambiguous.append((x, int(k), int(max(len(cands), 2))))
         if not new:
             continue
         rows = as_detections([p for _, p in new])

@@ -116,9 +116,16 @@ def test_implant_beads_over_metal_are_found_without_false_markers(region, seed, 
 def test_two_clear_beads_whose_lines_cross_two_band_fits_are_not_guessed():
     """Elbow, biplanar cage, seed 5: ulnar_component-1 and -6 lie on nearly one
     epipolar plane, and both of their shadows in view B lie over the stem; each
-    line passes within the gate of both band fits. Neither is paired."""
+    line passes within the gate of both band fits. Neither is paired; both
+    are reported ambiguous."""
     ex, res = _run("upper", 5, "biplanar")
     j, dist = _nearest(ex, res)
     assert np.all(dist < 0.5), "no false marker"
     ids = {ex.truth["beads"][i]["id"] for i in j}
     assert "ulnar_component-1" not in ids and "ulnar_component-6" not in ids
+    # ... and reported as the contract says of beads that cannot be matched
+    # without ambiguity
+    amb = [np.array(a["image_px"]["A"]) for a in res.to_dict()["ambiguous"] if "A" in a["image_px"]]
+    for bead in ("ulnar_component-1", "ulnar_component-6"):
+        truth = next(b for b in ex.truth["beads"] if b["id"] == bead)["image_px"]["A"]
+        assert any(np.hypot(*(a - truth)) < 0.5 for a in amb), bead
