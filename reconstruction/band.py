@@ -35,7 +35,7 @@ _SQRT2 = np.sqrt(2.0)
 # determined without bending the profile where there are data
 _SMOOTH = 1e-2
 _ITERATIONS = 12
-# largest step (row, col, radius, blur in px) of a converged fit
+# largest step (row, col, radius, blur in px) of a converged fit (see _descend)
 _STILL = 5e-3
 _TURN = 1e-4  # rad: the direction's difference step
 _ALONG_SCALE = 10.0  # px: keeps the along-terms' columns of the profile's order
@@ -246,8 +246,10 @@ def _descend(evaluate, q, lo, hi, start) -> _Descent:
         # below any bead's sigma here (the model's share alone is 0.25 px)
         small = bool(np.all(np.abs(step) < _STILL))
         if cost_t < cost:
-            # (a hundredth in chi-square is far below its meaning, but only
-            # an undamped step that gains so little says the minimum is near)
+            # (or a hundredth in chi-square, far below its meaning, gained by
+            # a lightly damped step, lambda <= 1: the minimum is near, though
+            # a small bead's radius and blur, which trade off, may still move
+            # by a few hundredths of a pixel)
             converged = small or ((cost - cost_t) < 1e-2 and lam <= 1.0)
             q, res, beta, rho, jac, cost = trial, res_t, beta_t, rho_t, jac_t, cost_t
             lam *= 0.3
@@ -357,13 +359,14 @@ def fit_on_band(
     # either way) while converging less often or costing twice the time.
     try:
         fit = _descend(evaluate, q, lo, hi, start)
+        q = fit.q
+        # the centre's covariance counts the direction's uncertainty (its
+        # column by a forward difference: Kaufman's, which drops the
+        # projection's change, follows a turn of the whole basis poorly)
+        turned = evaluate(np.r_[q[:4], q[4] + _TURN], jac=False)[0]
     except np.linalg.LinAlgError:  # a window without a band's structure to fit
         return None
-    q, res, beta, rho, converged = fit.q, fit.res, fit.beta, fit.rho, fit.converged
-    # the centre's covariance counts the direction's uncertainty (its column
-    # by a forward difference: Kaufman's, which drops the projection's
-    # change, follows a turn of the whole basis poorly)
-    turned = evaluate(np.r_[q[:4], q[4] + _TURN], jac=False)[0]
+    res, beta, rho, converged = fit.res, fit.beta, fit.rho, fit.converged
     jac = np.column_stack([fit.jac, (turned - res) / _TURN])
     m = len(y)
     dof = max(m - 5 - (2 * k + 1), 1)

@@ -651,8 +651,7 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
         cx = 0 if x == "A" else 1
         ix, dx, dy = vx.patient_idx, vx.detections, vy.detections
         taken = np.zeros(len(ix), bool)
-        for arr in (matching.pairs, matching.unreliable):
-            taken[arr[:, cx]] = True
+        taken[matching.pairs[:, cx]] = True
         for v, k, _ in matching.ambiguous:
             if v == x:
                 taken[k] = True
@@ -720,6 +719,7 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
             else:
                 # not guessed: reported, as the contract says of beads that
                 # cannot be matched without ambiguity
+                # (one fit that another candidate may claim too counts as two)
                 matching.ambiguous.append((x, int(k), int(max(len(cands), 2))))
         if not new:
             continue
@@ -742,8 +742,8 @@ def stereo_markers(
     not calibrated).
 
     Partners found over metal bands (:func:`_partners_on_bands`) are added to
-    the views: ``views`` then holds ViewResults with those detections
-    appended (the ones passed in are not changed).
+    the views: the dict ``views`` passed in is updated to ViewResults with
+    those detections appended (the ViewResults themselves are not changed).
 
     A matched pair whose centres are so uncertain that its crossing distance
     could reach ``crossing_limit_mm`` within the matching gate

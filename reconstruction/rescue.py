@@ -41,9 +41,8 @@ MAX_BAND_CHI = 1.6
 
 @dataclass(frozen=True)
 class Partner:
-    """A bead found on a band for the clear bead ``line`` (index into the lines)."""
+    """A bead found on a band near one or more of the clear beads' lines."""
 
-    line: int
     fit: BandFit
     sigma_px: float  # centre standard error with the model's share
 
@@ -80,8 +79,9 @@ def fit_partners(
     Returns
     -------
     list of Partner
-        Every accepted fit per line (a line may have several: the caller
-        decides what is unique).
+        One per refused candidate near a line whose fit is one bead (two
+        candidates may give one bead; which line a fit belongs to, the
+        caller decides).
     """
     starts = np.asarray(starts, float).reshape(-1, 2)
     lines = np.asarray(lines, float).reshape(-1, 3)
@@ -94,19 +94,13 @@ def fit_partners(
     r_lo, r_hi = 0.5 * scale.r_min, 1.5 * scale.r_max
     # the fit's own bounds of the blur lie outside what a bead may have
     blur_bounds = (min(0.3, 0.5 * blur_range[0]), max(3.0, 1.5 * blur_range[1]))
-    fits: dict[int, BandFit | None] = {}
     out = []
-    for i, j in zip(*np.nonzero(dist <= LINE_SEARCH_PX), strict=True):
-        if i not in fits:
-            fits[i] = _fit_one(display, starts[i], scale, h, (r_lo, r_hi), blur_bounds)
-            if fits[i] is not None and not _is_bead(
-                fits[i], starts[i], h, (r_lo, r_hi), existing_rc, scale, blur_range, min_snr
-            ):
-                fits[i] = None
-        fit = fits[i]
-        if fit is None:
-            continue
-        out.append(Partner(int(j), fit, float(np.hypot(fit.sigma, BAND_MODEL_SIGMA_PX))))
+    for i in np.flatnonzero((dist <= LINE_SEARCH_PX).any(axis=1)):
+        fit = _fit_one(display, starts[i], scale, h, (r_lo, r_hi), blur_bounds)
+        if fit is not None and _is_bead(
+            fit, starts[i], h, (r_lo, r_hi), existing_rc, scale, blur_range, min_snr
+        ):
+            out.append(Partner(fit, float(np.hypot(fit.sigma, BAND_MODEL_SIGMA_PX))))
     return out
 
 
