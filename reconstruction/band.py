@@ -219,6 +219,9 @@ def _evaluate(dr, dc, yw, w, q, knots, reg, rtr, jac=True):
 
 @dataclass
 class _Descent:
+    """Where :func:`_descend` ended: parameters, residual, linear solution,
+    distances from the centre, Jacobian, and whether it converged."""
+
     q: np.ndarray
     res: np.ndarray
     beta: np.ndarray

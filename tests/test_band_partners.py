@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.special import erf, erfc
 
-from reconstruction.band import fit_on_band
+from reconstruction.band import _Design, _knot_of, fit_on_band
 from reconstruction.detect import MarkerScale, _window_noise, fit_markers
 from reconstruction.geometry import Cage, Station
 from reconstruction.pipeline import reconstruct
@@ -39,6 +39,36 @@ def _band_fit(img, start):
     ci = np.rint(start).astype(int)
     noise = float(_window_noise(img[None, ci[0] - h : ci[0] + h + 1, ci[1] - h : ci[1] + h + 1])[0])
     return fit_on_band(img, start, 3.5, (1.0, 7.5), h, noise)
+
+
+def test_the_sparse_design_is_the_dense_one():
+    """The band's design is kept sparse (sums over pixels): its products must be
+    those of the explicit matrix [h(a) c, h(a) c t, o] times the weights."""
+    rng = np.random.default_rng(3)
+    m, knots = 300, np.arange(-6.0, 7.0)
+    k = len(knots)
+    left, frac = _knot_of(rng.uniform(-7, 7, m), knots)
+    clear, tl, occ, w = (
+        rng.uniform(0, 1, m),
+        rng.normal(0, 1, m),
+        rng.uniform(0, 1, m),
+        rng.uniform(0.5, 2, m),
+    )
+    dense = np.zeros((m, 2 * k + 1))
+    rows = np.arange(m)
+    dense[rows, left] = (1 - frac) * clear
+    dense[rows, left + 1] = frac * clear
+    dense[:, k : 2 * k] = dense[:, :k] * tl[:, None]
+    dense[:, -1] = occ
+    dense *= w[:, None]
+    design = _Design(left, frac, clear, tl, occ, w, k)
+    g1, g2 = rng.normal(size=2 * k + 1), rng.normal(size=(2 * k + 1, 4))
+    v1, v2 = rng.normal(size=m), rng.normal(size=(m, 4))
+    np.testing.assert_allclose(design.apply(g1), dense @ g1, atol=1e-12)
+    np.testing.assert_allclose(design.apply(g2), dense @ g2, atol=1e-12)
+    np.testing.assert_allclose(design.transpose_apply(v1), dense.T @ v1, atol=1e-12)
+    np.testing.assert_allclose(design.transpose_apply(v2), dense.T @ v2, atol=1e-12)
+    np.testing.assert_allclose(design.normal(), dense.T @ dense, atol=1e-12)
 
 
 @pytest.mark.parametrize("theta_deg", [10.0, 75.0])
