@@ -225,6 +225,17 @@ def why_missed(ex, res, station, cage, images) -> list[str]:
                 )
                 continue
             cand[v] = int(np.flatnonzero(vr.patient_idx == k)[0])
+        if len(cand) < 2:
+            # a clear bead whose other shadow lies over metal, where the band
+            # fits on its line were contested (pipeline._partners_on_bands)
+            for a in res.ambiguous:
+                for v, rc in a["image_px"].items():
+                    if np.hypot(*(np.array(rc) - b["image_px"][v])) <= 1.5:
+                        why.insert(
+                            0,
+                            f"reported ambiguous in {v} ({a['candidates']} band fits over "
+                            "metal contested)",
+                        )
         if len(cand) == 2 and m is not None and m.distance_px is not None:
             ka, kb = cand["A"], cand["B"]
             dist, gate = m.distance_px[ka, kb], m.gate_px[ka, kb]
