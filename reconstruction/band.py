@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reconstruction.detect import _window_noise
 from reconstruction.lightweight import erfc
 
 _SQRT2 = np.sqrt(2.0)
@@ -289,7 +290,7 @@ def fit_on_band(
     radius0: float,
     radius_range: tuple[float, float],
     half_window: int,
-    noise: float,
+    noise: float | None = None,
     blur_range: tuple[float, float] = (0.3, 3.0),
 ) -> BandFit | None:
     """Fit an opaque blurred disc on a one-directional background in one window.
@@ -306,8 +307,9 @@ def fit_on_band(
         Bounds of the radius (px).
     half_window : int
         Half size of the square window.
-    noise : float
-        Pixel noise of the window (display units).
+    noise : float, optional
+        Pixel noise of the window (display units); by default measured from
+        its pixel differences (:func:`reconstruction.detect._window_noise`).
     blur_range : (float, float)
         Bounds of the blur (px).
 
@@ -329,18 +331,20 @@ def fit_on_band(
     y = win.ravel()
     y0 = float(np.median(y))
     y = y - y0
+    if noise is None:
+        noise = float(_window_noise(win[None])[0])
     noise = max(float(noise), 1e-9)
     w = np.full(len(y), 1.0 / noise)
     reach = np.ceil(h * _SQRT2) + 1
     knots = np.arange(-reach, reach + 1)
     k = len(knots)
     # second differences of the profile, lightly weighted
+    # (of the profile P and of its change Q, each k knots)
     d2 = np.zeros((2 * (k - 2), 2 * k + 1))
     idx = np.arange(k - 2)
-    for o in (0, k):
-        d2[o // k * (k - 2) + idx, o + idx] = 1.0
-        d2[o // k * (k - 2) + idx, o + idx + 1] = -2.0
-        d2[o // k * (k - 2) + idx, o + idx + 2] = 1.0
+    for block in (0, 1):
+        rows, cols = block * (k - 2) + idx, block * k + idx
+        d2[rows, cols], d2[rows, cols + 1], d2[rows, cols + 2] = 1.0, -2.0, 1.0
     reg = np.sqrt(_SMOOTH) * d2 / noise * np.sqrt(len(y) / k)
     rtr = np.einsum("ij,ik->jk", reg, reg)  # (no BLAS threads for this small product)
     r_lo, r_hi = radius_range

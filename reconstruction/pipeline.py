@@ -368,10 +368,9 @@ def patient_rules(
     is_cage = np.zeros(n, bool)
     is_cage[cage_det_idx] = True
     rules["cage marker"] = ~is_cage
-    shadow_ok = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
-    touching = touches_cage_shadow(
-        det.rc, det.radius_px, det.blur_px, pred, cage_shadow_radii(geometry, cage, pred)
-    )
+    r_cage = cage_shadow_radii(geometry, cage, pred)
+    shadow_ok = np.isfinite(r_cage)
+    touching = touches_cage_shadow(det.rc, det.radius_px, det.blur_px, pred, r_cage)
     rules["touches a cage marker's shadow"] = ~touching
     # Patient beads are spheres of known range of sizes, imaged with the same
     # blur as the cage markers (:func:`bead_blur_range`): blobs of texture or
@@ -453,6 +452,7 @@ def analyse_view(
     else:
         geometry = nominal
     pred = geometry.project(xyz)
+    r_cage = cage_shadow_radii(geometry, cage, pred)
     expected = casts_shadow(geometry, xyz) & inside_image(
         pred, geometry.detector, EXPECTED_MARGIN_PX
     )
@@ -496,18 +496,18 @@ def analyse_view(
         pose_model=model,
         confirmed_marker_idx=confirmed,
         display=display if include_beads else None,
-        bead_scale=_bead_scale(geometry, xyz, pred) if include_beads else None,
-        cage_shadow_px=cage_shadow_radii(geometry, cage, pred),
+        bead_scale=_bead_scale(geometry, xyz[np.isfinite(r_cage)]) if include_beads else None,
+        cage_shadow_px=r_cage,
         theta_cov=None
         if cal is None
         else pose_covariance(model, cal.theta, xyz[mk], det.rc[dk], det.sigma_px[dk]),
     )
 
 
-def _bead_scale(geometry: ViewGeometry, xyz: np.ndarray, pred: np.ndarray) -> MarkerScale:
-    """The beads' own shadow radii in this view, with the room :func:`patient_rules` allows."""
-    shadow = casts_shadow(geometry, xyz) & np.all(np.isfinite(pred), axis=1)
-    r_lo, r_hi = bead_radius_range(geometry, xyz[shadow])
+def _bead_scale(geometry: ViewGeometry, xyz_shadow: np.ndarray) -> MarkerScale:
+    """The beads' own shadow radii in this view (``xyz_shadow``: the cage markers
+    casting a shadow in it), with the room :func:`patient_rules` allows."""
+    r_lo, r_hi = bead_radius_range(geometry, xyz_shadow)
     return MarkerScale(0.7 * r_lo, 1.3 * r_hi)
 
 
@@ -601,24 +601,8 @@ def _pair_rules(vx: ViewResult, vy: ViewResult, x: str, k: int, p, snr_k: float)
     diameter, the SNR-ratio rule."""
     rc_x, rc_y = vx.detections.rc[vx.patient_idx[k]], p.fit.rc
     rad_x = vx.detections.radius_px[vx.patient_idx[k]]
-    if x == "A":
-        geo_a, rc_a, rad_a, geo_b, rc_b, rad_b = (
-            vx.geometry,
-            rc_x,
-            rad_x,
-            vy.geometry,
-            rc_y,
-            p.fit.radius,
-        )
-    else:
-        geo_a, rc_a, rad_a, geo_b, rc_b, rad_b = (
-            vy.geometry,
-            rc_y,
-            p.fit.radius,
-            vx.geometry,
-            rc_x,
-            rad_x,
-        )
+    sides = [(vx.geometry, rc_x, rad_x), (vy.geometry, rc_y, p.fit.radius)]
+    (geo_a, rc_a, rad_a), (geo_b, rc_b, rad_b) = sides if x == "A" else sides[::-1]
     return bool(
         rays_meet(geo_a, rc_a[None], geo_b, rc_b[None])[0, 0]
         and same_bead_size(
@@ -660,62 +644,60 @@ def _partners_on_bands(views: dict[str, ViewResult], matching: Matching) -> None
         starts = np.array([rc for rc, why in dy.rejected if why in _BAND_REFUSALS])
         if len(clear) == 0 or len(starts) == 0:
             continue
-        f = f_ab if x == "A" else f_ab.T  # x_y^T f x_x = 0
-        lines = np.c_[dx.rc[ix[clear]], np.ones(len(clear))] @ f.T
+        f_xy = f_ab if x == "A" else f_ab.T  # x_y^T f_xy x_x = 0
+        lines = np.c_[dx.rc[ix[clear]], np.ones(len(clear))] @ f_xy.T
         lines /= np.linalg.norm(lines[:, :2], axis=1, keepdims=True)
         blur = bead_blur_range(dy.blur_px[vy.found_det_idx])
         found = fit_partners(vy.display, vy.bead_scale, starts, lines, dy.rc, blur, MIN_BEAD_SNR)
         # one bead per place: fits of several starts within a pixel are one
         # (the best kept, the first of equals)
-        fits: list = []
+        fits = []
         for p in sorted(found, key=lambda q: q.fit.chi):
             if all(np.hypot(*(q.fit.rc - p.fit.rc)) >= 1.0 for q in fits):
                 fits.append(p)
+        if not fits:
+            continue
+        fit_rc = np.array([p.fit.rc for p in fits])
+        # the rules a detection meets as a patient candidate: its noise's bound
+        # (the model's share aside, as for edge fits), off the cage markers'
+        # shadows
         sp = float(np.mean(vy.geometry.detector.pixel_spacing_mm))
-        # valid[f, j]: fit f could be clear bead j's other shadow
-        valid = np.zeros((len(fits), len(clear)), bool)
-        shared = np.zeros(len(fits), bool)
-        for f, p in enumerate(fits):
-            rc_y = p.fit.rc
-            # the rules a detection meets as a patient candidate: its noise's
-            # bound (the model's share aside, as for edge fits), off the cage
-            # markers' shadows
-            if p.fit.sigma * sp > MAX_BEAD_SIGMA_MM or (
-                vy.cage_shadow_px is not None
-                and touches_cage_shadow(
-                    rc_y[None],
-                    np.array([p.fit.radius]),
-                    np.array([p.fit.blur]),
-                    vy.predicted_rc,
-                    vy.cage_shadow_px,
-                )[0]
-            ):
-                continue
-            # within the gate of which of view x's candidates
-            if x == "A":
-                d_y, d_x = epipolar_distances(f_ab, dx.rc[ix], rc_y[None])
-                cal = epipolar_calibration_sigma(views["A"], views["B"], dx.rc[ix], rc_y[None])
-            else:
-                d_x, d_y = (d.T for d in epipolar_distances(f_ab, rc_y[None], dx.rc[ix]))
-                cal = epipolar_calibration_sigma(views["A"], views["B"], rc_y[None], dx.rc[ix]).T
-            sym = np.sqrt(0.5 * (d_x[:, 0] ** 2 + d_y[:, 0] ** 2))
-            gate = EPIPOLAR_GATE_SIGMA * np.sqrt(
-                dx.sigma_px[ix] ** 2 + p.sigma_px**2 + cal[:, 0] ** 2
+        usable = np.array([p.fit.sigma * sp <= MAX_BEAD_SIGMA_MM for p in fits])
+        if vy.cage_shadow_px is not None:
+            usable &= ~touches_cage_shadow(
+                fit_rc,
+                np.array([p.fit.radius for p in fits]),
+                np.array([p.fit.blur for p in fits]),
+                vy.predicted_rc,
+                vy.cage_shadow_px,
             )
-            within = sym <= gate
-            for j, k in enumerate(clear):
-                if within[k]:
-                    valid[f, j] = _pair_rules(vx, vy, x, k, p, snr_x[k])
-            # (a bead already matched, or unsure, within its gate too)
-            shared[f] = within.sum() > 1
+        # which of view x's candidates each fit lies within the gate of
+        # (n_x, n_fits), all at once
+        if x == "A":
+            d_y, d_x = epipolar_distances(f_ab, dx.rc[ix], fit_rc)
+            cal = epipolar_calibration_sigma(views["A"], views["B"], dx.rc[ix], fit_rc)
+        else:
+            d_x, d_y = (d.T for d in epipolar_distances(f_ab, fit_rc, dx.rc[ix]))
+            cal = epipolar_calibration_sigma(views["A"], views["B"], fit_rc, dx.rc[ix]).T
+        sigma_fit = np.array([p.sigma_px for p in fits])
+        gate = EPIPOLAR_GATE_SIGMA * np.sqrt(
+            dx.sigma_px[ix][:, None] ** 2 + sigma_fit[None, :] ** 2 + cal**2
+        )
+        within = (np.sqrt(0.5 * (d_x**2 + d_y**2)) <= gate) & usable[None, :]
+        # valid[i, j]: fit i could be clear bead j's other shadow
+        valid = np.zeros((len(fits), len(clear)), bool)
+        for i, j in zip(*np.nonzero(within[clear].T), strict=True):
+            valid[i, j] = _pair_rules(vx, vy, x, clear[j], fits[i], snr_x[clear[j]])
+        # (a bead already matched, or unsure, within its gate too)
+        shared = within.sum(axis=0) > 1
         new = []
         for j, k in enumerate(clear):
             cands = np.flatnonzero(valid[:, j])
             if len(cands) == 0:
                 continue
-            f = cands[0]
-            if len(cands) == 1 and valid[f].sum() == 1 and not shared[f]:
-                new.append((k, fits[f]))
+            i = cands[0]
+            if len(cands) == 1 and valid[i].sum() == 1 and not shared[i]:
+                new.append((k, fits[i]))
             else:
                 # not guessed: reported, as the contract says of beads that
                 # cannot be matched without ambiguity

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reconstruction.band import BandFit, fit_on_band
-from reconstruction.detect import Detections, MarkerScale, _window_noise
+from reconstruction.detect import Detections, MarkerScale
 
 # A band fit's centre error beyond its noise: on the simulator's 11 lost
 # implant beads of the default exams (sixth session, two random starts each)
@@ -96,24 +96,19 @@ def fit_partners(
     blur_bounds = (min(0.3, 0.5 * blur_range[0]), max(3.0, 1.5 * blur_range[1]))
     out = []
     for i in np.flatnonzero((dist <= LINE_SEARCH_PX).any(axis=1)):
-        fit = _fit_one(display, starts[i], scale, h, (r_lo, r_hi), blur_bounds)
+        fit = fit_on_band(
+            display,
+            starts[i],
+            0.5 * (scale.r_min + scale.r_max),
+            (r_lo, r_hi),
+            h,
+            blur_range=blur_bounds,
+        )
         if fit is not None and _is_bead(
             fit, starts[i], h, (r_lo, r_hi), existing_rc, scale, blur_range, min_snr
         ):
             out.append(Partner(fit, float(np.hypot(fit.sigma, BAND_MODEL_SIGMA_PX))))
     return out
-
-
-def _fit_one(display, start, scale, h, radius_range, blur_bounds) -> BandFit | None:
-    ci = np.rint(start).astype(int)
-    rows, cols = display.shape
-    if ci[0] - h < 0 or ci[1] - h < 0 or ci[0] + h >= rows or ci[1] + h >= cols:
-        return None
-    win = display[ci[0] - h : ci[0] + h + 1, ci[1] - h : ci[1] + h + 1].astype(np.float64)
-    noise = float(_window_noise(win[None])[0])
-    return fit_on_band(
-        display, start, 0.5 * (scale.r_min + scale.r_max), radius_range, h, noise, blur_bounds
-    )
 
 
 def _is_bead(fit, start, h, radius_range, existing_rc, scale, blur_range, min_snr) -> bool:
