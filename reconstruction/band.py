@@ -77,7 +77,7 @@ class BandFit:
     sigma: float
     chi: float
     noise: float
-    converged: bool = True
+    converged: bool
 
     @property
     def snr(self) -> float:

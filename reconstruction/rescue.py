@@ -44,7 +44,11 @@ class Partner:
     """A bead found on a band near one or more of the clear beads' lines."""
 
     fit: BandFit
-    sigma_px: float  # centre standard error with the model's share
+
+    @property
+    def sigma_px(self) -> float:
+        """Centre standard error with the model's share (px)."""
+        return float(np.hypot(self.fit.sigma, BAND_MODEL_SIGMA_PX))
 
 
 def fit_partners(
@@ -107,7 +111,7 @@ def fit_partners(
         if fit is not None and _is_bead(
             fit, starts[i], h, (r_lo, r_hi), existing_rc, scale, blur_range, min_snr
         ):
-            out.append(Partner(fit, float(np.hypot(fit.sigma, BAND_MODEL_SIGMA_PX))))
+            out.append(Partner(fit))
     return out
 
 
